@@ -1,0 +1,1 @@
+"""Benchmark presets: a base config and a grid of runs."""

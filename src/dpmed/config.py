@@ -1,0 +1,148 @@
+"""Typed run configuration: defaults < YAML file < command-line flags.
+
+>>> cfg = RunConfig.from_mapping({"technique": "laplace", "noise_scale": 2})
+>>> cfg.noise_scale, cfg.resolved_image_size
+(2.0, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpmed.errors import ConfigError
+
+DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
+TECHNIQUES = ("none", "laplace")
+MODELS = ("resnet18", "small-cnn")
+OPTIMIZERS = ("adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment: a dataset, a privacy technique, a model and how to train it."""
+
+    dataset: str = "chest-xray"
+    technique: str = "none"
+    noise_scale: float = 0.0
+    clip_after_release: bool = False
+    perturb_test: bool = True
+    model: str = "resnet18"
+    weights: str | None = None
+    image_size: int | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    augment: bool = False
+    balanced_loss: bool = False
+    val_fraction: float = 0.1
+    max_images: int | None = None
+    seed: int = 0
+    data_root: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = _coerce(field.name, getattr(self, field.name), _HINTS[field.name])
+            object.__setattr__(self, field.name, value)
+        self._check_ranges()
+
+    @property
+    def resolved_image_size(self) -> int:
+        return self.image_size or DATASETS[self.dataset]
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], *, source: str = "config") -> RunConfig:
+        unknown = sorted(set(values) - set(_HINTS))
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {unknown[0]!r} in {source}; known settings: {', '.join(_HINTS)}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def _check_ranges(self) -> None:
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("technique", self.technique, TECHNIQUES)
+        _choice("model", self.model, MODELS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("device", self.device, DEVICES)
+        if self.noise_scale < 0:
+            raise ConfigError(
+                f"noise_scale must be >= 0 (0 means no noise), got {self.noise_scale}"
+            )
+        if self.technique == "none" and self.noise_scale > 0:
+            raise ConfigError("noise_scale is set but technique is 'none'; use --technique laplace")
+        for name in ("image_size", "max_images"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.weights is not None and self.model != "resnet18":
+            raise ConfigError("weights are only supported for model 'resnet18'")
+
+
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of settings; every failure is a ConfigError."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of settings, not a list or value"
+        )
+    return values
+
+
+def _choice(name: str, value: str, allowed: typing.Iterable[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the field's type; ints are accepted where floats are expected."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool) and isinstance(value, kind):
+            return value
+    wanted = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ConfigError(f"{name} must be {wanted}, got {value!r}")

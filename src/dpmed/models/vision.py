@@ -1,0 +1,76 @@
+"""Image classifiers: torchvision ResNet-18 with a 1-channel stem, and a small CNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from dpmed.errors import ConfigError, DataError
+
+
+def build_model(
+    name: str, *, num_classes: int = 2, weights: str | None = None
+) -> tuple[nn.Module, str]:
+    """A fresh model for 1-channel images and a line saying how it was initialised."""
+    if name == "small-cnn":
+        return SmallCNN(num_classes), "small-cnn from random init"
+    if name != "resnet18":
+        raise ConfigError(f"unknown model {name!r}; choose resnet18 or small-cnn")
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if weights is None:
+        return model, "resnet18 from random init (no --weights given)"
+    return model, "resnet18 " + load_torchvision_weights(model, Path(weights))
+
+
+def load_torchvision_weights(model: nn.Module, path: Path) -> str:
+    """Load a torchvision ResNet-18 state dict into `model`.
+
+    The RGB stem is summed over its colour channels (a grey image fed as R = G = B gives
+    the same activations); the classifier head keeps its fresh init when its shape differs.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"weights file {path} does not exist; check --weights") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds on a bad file
+        raise DataError(f"cannot load weights {path} as a torch state dict: {exc}") from None
+    if not isinstance(state, dict) or "conv1.weight" not in state:
+        raise DataError(f"{path} is not a torchvision ResNet-18 state dict (no conv1.weight)")
+    if state["conv1.weight"].shape[1] == 3:
+        state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    own = model.state_dict()
+    skipped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise DataError(f"{path} does not fit resnet18: unexpected key {unknown[0]!r}")
+    kept = {k: v for k, v in state.items() if k not in skipped}
+    model.load_state_dict(kept, strict=False)
+    note = (
+        f"; kept fresh: {', '.join(sorted({k.split('.')[0] for k in skipped}))}" if skipped else ""
+    )
+    return f"with weights from {path} ({len(kept)} tensors loaded{note})"
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks (GroupNorm, so DP-SGD can train it too) and a linear head."""
+
+    def __init__(self, num_classes: int = 2, width: int = 32) -> None:
+        super().__init__()
+        layers, channels = [], 1
+        for out in (width, 2 * width, 4 * width, 4 * width):
+            layers += [
+                nn.Conv2d(channels, out, 3, padding=1),
+                nn.GroupNorm(8, out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,53 @@
+"""Progress bars on stderr (Rich); `quiet()` turns them off for logs and tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+console = Console(stderr=True)
+_quiet = bool(os.environ.get("DPMED_QUIET"))
+
+
+def quiet(value: bool = True) -> None:
+    global _quiet
+    _quiet = value
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=_quiet,
+        transient=True,
+    )
+
+
+def progress_bar(items: Sequence[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate over `items` while showing a bar."""
+    with make_progress() as progress:
+        task = progress.add_task(description, total=total or len(items), status="")
+        for item in items:
+            yield item
+            progress.advance(task)

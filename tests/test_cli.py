@@ -1,0 +1,258 @@
+"""`dpmed run` and `dpmed bench` end to end, and every bad input as a one-line error."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dpmed import cli
+from dpmed.privacy import laplace as lp
+
+QUICK = [
+    "--dataset",
+    "pneumoniamnist",
+    "--model",
+    "small-cnn",
+    "--max-images",
+    "80",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--quiet",
+]
+
+
+def test_run_writes_a_complete_run_folder(real_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(
+        [
+            "run",
+            *QUICK,
+            "--technique",
+            "laplace",
+            "--noise-scale",
+            "2",
+            "--data-root",
+            str(real_data),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.yaml",
+        "learning_curve.png",
+        "metrics.csv",
+        "summary.json",
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "dataset",
+        "technique",
+        "model",
+        "image_size",
+        "seed",
+        "epochs",
+        "best_epoch",
+        "train",
+        "val",
+        "test",
+        "privacy",
+        "timing",
+    ):
+        assert key in summary
+    assert set(summary["test"]) == {"accuracy", "roc_auc", "sensitivity", "specificity", "loss"}
+    privacy = summary["privacy"]
+    assert privacy["epsilon_per_pixel"] == 0.5 and privacy["epsilon_per_image"] == 392.0
+    assert privacy["epsilon"] == 392.0 and privacy["unit"] == "image" and privacy["delta"] == 0
+    assert set(privacy["release_sha256"]) == {"train", "val", "test"}
+    assert summary["timing"]["train_images_per_second"] > 0
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 3 and "val_accuracy" in lines[0]
+    assert "epsilon = 392 per image" in capsys.readouterr().out
+
+
+def test_release_happens_once_and_training_uses_the_saved_copy(
+    real_data, tmp_path, private_cache, monkeypatch
+):
+    from dpmed import run
+
+    releases, trained_on = [], []
+    real_release, real_fit = lp.release_laplace, run.fit
+    monkeypatch.setattr(lp, "release_laplace", lambda *a: releases.append(a) or real_release(*a))
+    monkeypatch.setattr(
+        run, "fit", lambda m, data, *a, **k: trained_on.append(data) or real_fit(m, data, *a, **k)
+    )
+    args = [
+        "run",
+        *QUICK,
+        "--technique",
+        "laplace",
+        "--noise-scale",
+        "1",
+        "--data-root",
+        str(real_data),
+        "--epochs",
+        "3",
+    ]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert len(releases) == 3  # train, val, test: once each, not once per epoch
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert len(releases) == 3  # a second run reuses the saved release
+
+    a, b = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
+    assert a["privacy"]["release_sha256"] == b["privacy"]["release_sha256"]
+    assert a["test"] == b["test"]  # same seed, same release: the same model
+    [saved] = (private_cache / "releases").glob("pneumoniamnist-train-b1-seed0-*.npy")
+    assert lp.file_sha256(saved) == a["privacy"]["release_sha256"]["train"]
+    for data in trained_on:  # fit gets the saved release itself, for all its epochs
+        assert np.array_equal(data["train"][0], np.load(saved))
+
+
+def test_trains_on_real_data_better_than_chance(real_data, tmp_path):
+    out = tmp_path / "learn"
+    args = [
+        "run",
+        "--dataset",
+        "pneumoniamnist",
+        "--model",
+        "small-cnn",
+        "--epochs",
+        "3",
+        "--max-images",
+        "1000",
+        "--lr",
+        "0.003",
+        "--quiet",
+        "--data-root",
+        str(real_data),
+    ]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"]["roc_auc"] > 0.85
+
+
+def test_bench_quick_preset_resumes(real_data, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "paper",
+        "--quick",
+        *QUICK,
+        "--epochs",
+        "1",
+        "--max-images",
+        "40",
+        "--data-root",
+        str(real_data),
+        "--out",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    table = (out / "table1.md").read_text()
+    assert "paper 82.69" in table and "b=4" in table and "epsilon per image" in table
+    assert "| 1,568 | 784 | 392 | 196 |" in table.replace("inf (no noise) | ", "")
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    assert len(before) == 4
+    assert cli.main(args) == 0
+    assert "done before, reusing" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+
+
+def _fail(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        code = cli.main(argv)
+        raise SystemExit(code)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def bad_npz_root(tmp_path):
+    root = tmp_path / "npz"
+    root.mkdir()
+    np.savez(root / "pneumoniamnist.npz", train_images=np.zeros((2, 28, 28), np.uint8))
+    return root
+
+
+@pytest.fixture
+def corrupt_root(kermany_root):
+    (kermany_root / "chest_xray/test/NORMAL/IM-0099-0001.jpeg").write_bytes(b"\xff\xd8 broken")
+    return kermany_root
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data-root", "{tmp}/absent"], "does not exist"),
+        (["--data-root", "{tmp}"], "no chest_xray/ folder"),
+        (["--data-root", "{corrupt}"], "cannot read image .*IM-0099-0001.jpeg"),
+        (["--dataset", "pneumoniamnist", "--data-root", "{npz}"], "lacks the keys"),
+        (["--technique", "laplace", "--noise-scale", "-1"], "noise_scale must be >= 0"),
+        (["--technique", "laplace", "--noise-scale", "abc"], "invalid|expected a number"),
+        (["--image-size", "0"], "image_size must be a positive integer"),
+        (["--model", "vgg16"], "unknown model 'vgg16'"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--config", "{tmp}/absent.yaml"], "cannot read config file"),
+        (["--config", "{badyaml}"], "not valid YAML"),
+        (["--config", "{badkey}"], "unknown setting 'noise'"),
+        (["--perturb-test", "maybe"], "expected true or false"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    argv, message, tmp_path, corrupt_root, bad_npz_root, capsys
+):
+    (tmp_path / "bad.yaml").write_text("epochs: [1,\n")
+    (tmp_path / "key.yaml").write_text("noise: 1\n")
+    places = {
+        "tmp": tmp_path,
+        "corrupt": corrupt_root,
+        "npz": bad_npz_root,
+        "badyaml": tmp_path / "bad.yaml",
+        "badkey": tmp_path / "key.yaml",
+    }
+    argv = [a.format(**places) for a in argv]
+    out = tmp_path / "run"
+    err = _fail(["run", "--epochs", "1", "--out", str(out), *argv], capsys)
+    assert re.search(message, err), err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".run*"))
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    err = _fail(["run", "--out", str(out)], capsys)
+    assert "already exists" in err and (out / "keep.txt").read_text() == "mine"
+
+
+def test_unknown_preset(capsys):
+    assert "unknown preset 'nope'" in _fail(["bench", "nope"], capsys)
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dpmed.cli", "run", "--data-root", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("dpmed run: error: data root")
+    assert "Traceback" not in result.stderr
+
+
+def test_every_command_has_help(capsys):
+    for argv in (["--help"], ["run", "--help"], ["bench", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 0
+    assert "--noise-scale" in capsys.readouterr().out

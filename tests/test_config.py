@@ -1,0 +1,53 @@
+import pytest
+
+from dpmed.config import RunConfig, load_yaml
+from dpmed.errors import ConfigError
+
+
+def test_defaults_and_dataset_image_size():
+    assert RunConfig().resolved_image_size == 64
+    assert RunConfig(dataset="pneumoniamnist").resolved_image_size == 28
+    assert RunConfig(image_size=96).resolved_image_size == 96
+
+
+def test_ints_are_accepted_as_floats_but_not_the_reverse():
+    assert RunConfig(technique="laplace", noise_scale=2).noise_scale == 2.0
+    with pytest.raises(ConfigError, match="epochs must be int"):
+        RunConfig(epochs=2.5)
+    with pytest.raises(ConfigError, match="augment must be bool"):
+        RunConfig(augment="yes")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"noise_scale": -1, "technique": "laplace"}, "noise_scale must be >= 0"),
+        ({"noise_scale": 1}, "technique is 'none'"),
+        ({"image_size": 0}, "image_size must be a positive integer"),
+        ({"model": "vgg"}, "unknown model 'vgg'"),
+        ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+        ({"val_fraction": 1.0}, "val_fraction must lie in"),
+        ({"lr": 0}, "lr must be > 0"),
+        ({"weights": "w.pt", "model": "small-cnn"}, "weights are only supported"),
+        ({"noise_scle": 1}, "unknown setting 'noise_scle'"),
+    ],
+)
+def test_bad_values_are_refused(values, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_mapping(values)
+
+
+def test_load_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_yaml(listed)
+    good = tmp_path / "good.yaml"
+    good.write_text("epochs: 3\ntechnique: laplace\nnoise_scale: 2\n")
+    assert RunConfig.from_mapping(load_yaml(good)).epochs == 3

@@ -1,0 +1,65 @@
+import numpy as np
+import torch
+
+from dpmed.models import build_model
+from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, evaluate, fit, random_affine
+
+
+def _record(epoch, val_acc, val_loss, test_acc):
+    metrics = {
+        "val": {"accuracy": val_acc, "loss": val_loss},
+        "test": {"accuracy": test_acc, "loss": 0.0},
+    }
+    return EpochRecord(epoch, metrics, 1.0, 1.0)
+
+
+def test_best_epoch_is_chosen_on_validation_never_test():
+    records = [
+        _record(1, 0.80, 0.5, 0.99),
+        _record(2, 0.85, 0.6, 0.50),
+        _record(3, 0.85, 0.4, 0.60),
+    ]
+    assert best_epoch(records).epoch == 3  # ties on accuracy go to the lower loss
+    records.append(_record(4, 0.85, 0.4, 0.95))
+    assert best_epoch(records).epoch == 3  # full ties go to the earlier epoch
+
+
+def _toy_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = rng.random((n, 16, 16)) * 0.5
+    images[labels == 1, 4:12, 4:12] += 0.5  # a bright square means pneumonia
+    return images.astype(np.float16), labels
+
+
+def _fit(tmp_path, name):
+    torch.manual_seed(0)
+    model, _ = build_model("small-cnn")
+    data = {"train": _toy_data(), "val": _toy_data(seed=1), "test": _toy_data(seed=2)}
+    settings = TrainSettings(epochs=3, batch_size=16, lr=3e-3, augment=True, seed=0)
+    records = fit(model, data, settings, device=torch.device("cpu"), checkpoint=tmp_path / name)
+    return model, data, records
+
+
+def test_fit_is_deterministic_on_cpu_and_checkpoints_the_best_epoch(tmp_path):
+    _, data, records = _fit(tmp_path, "a.pt")
+    _, _, again = _fit(tmp_path, "b.pt")
+    assert [r.metrics for r in records] == [r.metrics for r in again]
+
+    best = best_epoch(records)
+    restored, _ = build_model("small-cnn")
+    restored.load_state_dict(torch.load(tmp_path / "a.pt", weights_only=True))
+    val = evaluate(restored, *data["val"], device=torch.device("cpu"))
+    assert val == best.metrics["val"]
+
+
+def test_fit_learns_an_easy_task(tmp_path):
+    _, _, records = _fit(tmp_path, "c.pt")
+    assert records[-1].metrics["test"]["roc_auc"] > 0.9
+
+
+def test_random_affine_keeps_shape_and_is_seeded():
+    x = torch.rand(4, 1, 16, 16)
+    a = random_affine(x, torch.Generator().manual_seed(1))
+    b = random_affine(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
