@@ -115,6 +115,7 @@ def test_release_happens_once_and_training_uses_the_saved_copy(
 
 
 def test_trains_on_real_data_better_than_chance(real_data, tmp_path):
+    """The full PneumoniaMNIST train split, 4 epochs: well above always-pneumonia (62.5%)."""
     out = tmp_path / "learn"
     args = [
         "run",
@@ -123,18 +124,18 @@ def test_trains_on_real_data_better_than_chance(real_data, tmp_path):
         "--model",
         "small-cnn",
         "--epochs",
-        "3",
-        "--max-images",
-        "1000",
+        "4",
         "--lr",
         "0.003",
+        "--balanced-loss",
+        "true",
         "--quiet",
         "--data-root",
         str(real_data),
     ]
     assert cli.main([*args, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["test"]["roc_auc"] > 0.85
+    assert summary["test"]["accuracy"] > 0.75 and summary["test"]["roc_auc"] > 0.9
 
 
 def test_bench_quick_preset_resumes(real_data, tmp_path, capsys):
@@ -148,6 +149,8 @@ def test_bench_quick_preset_resumes(real_data, tmp_path, capsys):
         "1",
         "--max-images",
         "40",
+        "--image-size",
+        "28",
         "--data-root",
         str(real_data),
         "--out",
@@ -156,7 +159,7 @@ def test_bench_quick_preset_resumes(real_data, tmp_path, capsys):
     assert cli.main(args) == 0
     table = (out / "table1.md").read_text()
     assert "paper 82.69" in table and "b=4" in table and "epsilon per image" in table
-    assert "| 1,568 | 784 | 392 | 196 |" in table.replace("inf (no noise) | ", "")
+    assert "| epsilon per image | inf (no noise) | 784 | 392 | 196 |" in table
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
     assert len(before) == 4
     assert cli.main(args) == 0
