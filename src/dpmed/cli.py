@@ -144,10 +144,13 @@ def _run(args: argparse.Namespace) -> None:
     out = args.out or Path("runs") / name
     summary = run_experiment(config, out, overwrite=args.overwrite)
     test = summary["test"]
+    scores = ", ".join(
+        f"{key} {'n/a' if test[key] is None else format(test[key], '.3f')}"
+        for key in ("roc_auc", "sensitivity", "specificity")
+    )
     print(
-        f"best epoch {summary['best_epoch']} (on validation): test accuracy "
-        f"{100 * test['accuracy']:.2f}%, ROC-AUC {test['roc_auc'] or float('nan'):.3f}, "
-        f"sensitivity {test['sensitivity'] or 0:.3f}, specificity {test['specificity'] or 0:.3f}"
+        f"best epoch {summary['best_epoch']} (on validation): "
+        f"test accuracy {100 * test['accuracy']:.2f}%, {scores}"
     )
     print(f"privacy: {summary['privacy']['description']}")
     print(f"wrote {out}/ in {summary['timing']['total_seconds']:.0f} s")

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dpmed.train.loop import EpochRecord  # noqa: E402
 
@@ -27,6 +28,7 @@ def learning_curve(records: list[EpochRecord], best: int, path: Path, title: str
         )
     ax.axvline(best, color="grey", linewidth=0.8, label=f"best on val (epoch {best})")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
