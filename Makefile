@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/dpmed bench paper --quick
+	$(BIN)/dpmed bench paper-quick
+	$(BIN)/dpmed report runs/paper-quick
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

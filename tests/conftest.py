@@ -59,3 +59,11 @@ def make_kermany(root: Path, per_class: int = 6, size: int = 40) -> Path:
 @pytest.fixture
 def kermany_root(tmp_path) -> Path:
     return make_kermany(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path, real_data) -> Path:
+    """A 4-run sweep file (b = 0, 2 x seeds 0, 1) over a slice of PneumoniaMNIST."""
+    from tests.bench.helpers import write_sweep
+
+    return write_sweep(tmp_path / "tiny.yaml", data_root=str(real_data))

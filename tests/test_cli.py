@@ -2,6 +2,7 @@
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 
@@ -77,10 +78,11 @@ def test_run_writes_a_complete_run_folder(real_data, tmp_path, capsys):
     assert "epsilon = 392 per image" in capsys.readouterr().out
 
 
-def test_release_happens_once_and_training_uses_the_saved_copy(
-    real_data, tmp_path, private_cache, monkeypatch
-):
+def test_release_happens_once_and_training_uses_the_saved_copy(real_data, tmp_path, monkeypatch):
     from dpmed import run
+
+    cache = tmp_path / "cache"  # a cache of its own: no release made by another test
+    monkeypatch.setenv("DPMED_CACHE", str(cache))
 
     releases, trained_on = [], []
     real_release, real_fit = lp.release_laplace, run.fit
@@ -108,7 +110,7 @@ def test_release_happens_once_and_training_uses_the_saved_copy(
     a, b = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
     assert a["privacy"]["release_sha256"] == b["privacy"]["release_sha256"]
     assert a["test"] == b["test"]  # same seed, same release: the same model
-    [saved] = (private_cache / "releases").glob("pneumoniamnist-train-b1-seed0-*.npy")
+    [saved] = (cache / "releases").glob("pneumoniamnist-train-b1-seed0-*.npy")
     assert lp.file_sha256(saved) == a["privacy"]["release_sha256"]["train"]
     for data in trained_on:  # fit gets the saved release itself, for all its epochs
         assert np.array_equal(data["train"][0], np.load(saved))
@@ -138,33 +140,35 @@ def test_trains_on_real_data_better_than_chance(real_data, tmp_path):
     assert summary["test"]["accuracy"] > 0.75 and summary["test"]["roc_auc"] > 0.9
 
 
-def test_bench_quick_preset_resumes(real_data, tmp_path, capsys):
+def test_bench_paper_quick_prints_table1_and_resumes(real_data, tmp_path, capsys):
     out = tmp_path / "bench"
     args = [
         "bench",
-        "paper",
-        "--quick",
-        *QUICK,
+        "paper-quick",
+        "--model",
+        "small-cnn",
         "--epochs",
         "1",
         "--max-images",
-        "40",
+        "30",
         "--image-size",
-        "28",
+        "32",
+        "--quiet",
         "--data-root",
         str(real_data),
         "--out",
         str(out),
     ]
     assert cli.main(args) == 0
-    table = (out / "table1.md").read_text()
-    assert "paper 82.69" in table and "b=4" in table and "epsilon per image" in table
-    assert "| epsilon per image | inf (no noise) | 784 | 392 | 196 |" in table
-    before = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    printed = capsys.readouterr().out
+    assert "paper 82.69" in printed and "b=4" in printed
+    assert "| epsilon per image | inf (no noise) | 1,024 | 512 | 256 |" in printed
+    db = sqlite3.connect(out / "results.db")
+    before = db.execute("SELECT id, finished FROM runs ORDER BY id").fetchall()
     assert len(before) == 4
     assert cli.main(args) == 0
-    assert "done before, reusing" in capsys.readouterr().out
-    assert before == {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    assert "4 of 4 runs finished before" in capsys.readouterr().out
+    assert db.execute("SELECT id, finished FROM runs ORDER BY id").fetchall() == before
 
 
 def _fail(argv, capsys):
@@ -235,10 +239,6 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     err = _fail(["run", "--out", str(out)], capsys)
     assert "already exists" in err and (out / "keep.txt").read_text() == "mine"
-
-
-def test_unknown_preset(capsys):
-    assert "unknown preset 'nope'" in _fail(["bench", "nope"], capsys)
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):

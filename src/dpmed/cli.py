@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import sys
 import types
 import typing
@@ -115,34 +115,56 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(run)
 
-    from dpmed.bench.presets import preset_names
+    from dpmed.bench.executors import EXECUTORS
+    from dpmed.bench.sweep import preset_names
 
     bench = commands.add_parser(
         "bench",
-        help="run a preset grid of experiments",
-        description="Run every experiment of a preset (resumable: finished runs are reused) "
-        "and print its table. Config flags override the preset's base settings.",
+        help="run a sweep (a grid of experiments) into a results database",
+        description="Run every experiment of a sweep into <out>/results.db. Running it again "
+        "resumes: finished runs are skipped, interrupted ones run again. Config flags "
+        "override the sweep's base settings.",
     )
-    bench.add_argument("preset", help=f"preset: {', '.join(preset_names())}")
+    bench.add_argument("sweep", help=f"a preset ({', '.join(preset_names())}) or a sweep YAML file")
     bench.add_argument(
-        "--quick",
-        action="store_true",
-        help="the preset's quick variant (<preset>-quick), minutes on a CPU",
+        "--out", type=Path, help="folder for results.db and runs (default runs/<sweep>)"
     )
-    bench.add_argument("--out", type=Path, help="folder for the runs (default runs/<preset>)")
-    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.add_argument("--jobs", type=_number(int), help="runs at a time (default: one per core)")
+    bench.add_argument(
+        "--threads-per-run",
+        type=_number(int),
+        help="torch threads of each run "
+        "(default: cores / jobs; results are bit-identical for equal values)",
+    )
+    bench.add_argument(
+        "--executor", default="local", help=f"{' or '.join(EXECUTORS)} (default local)"
+    )
+    bench.add_argument(
+        "--address", help="Ray cluster address for --executor ray (default: start one)"
+    )
+    bench.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    bench.add_argument("--quiet", action="store_true", help="log lines instead of a live display")
     _add_config_flags(bench)
+
+    report = commands.add_parser(
+        "report",
+        help="write report.md, report.html and results.csv for a sweep",
+        description="Summarise a sweep's results database: tables (Table 1 beside the paper's "
+        "when the sweep is the paper grid), learning curves, the privacy-utility frontier.",
+    )
+    report.add_argument("out", type=Path, help="the sweep's output folder (holding results.db)")
+    report.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
     from dpmed.run import run_experiment
 
     values = load_yaml(args.config) if args.config else {}
     config = RunConfig.from_mapping(values | _overrides(args), source=str(args.config or "flags"))
     name = f"{config.dataset}-{config.technique}-b{config.noise_scale:g}-seed{config.seed}"
     out = args.out or Path("runs") / name
-    summary = run_experiment(config, out, overwrite=args.overwrite)
+    summary = run_experiment(config, out, overwrite=args.overwrite).summary
     test = summary["test"]
     scores = ", ".join(
         f"{key} {'n/a' if test[key] is None else format(test[key], '.3f')}"
@@ -154,26 +176,50 @@ def _run(args: argparse.Namespace) -> None:
     )
     print(f"privacy: {summary['privacy']['description']}")
     print(f"wrote {out}/ in {summary['timing']['total_seconds']:.0f} s")
+    return 0
 
 
-def _bench(args: argparse.Namespace) -> None:
-    from dpmed.bench.presets import load_preset
-    from dpmed.bench.runner import run_preset
-    from dpmed.report.tables import paper_table
+def _bench(args: argparse.Namespace) -> int:
+    from dpmed.bench.driver import DB_NAME, run_sweep
+    from dpmed.bench.executors import make_executor
+    from dpmed.bench.store import ResultsStore
+    from dpmed.bench.sweep import load_sweep
+    from dpmed.report.tables import group_runs, is_paper_grid, markdown, paper_table, summary_table
 
-    name = f"{args.preset}-quick" if args.quick else args.preset
-    preset = load_preset(name)
-    out = args.out or Path("runs") / name
-    overrides = _overrides(args)
-    preset.runs(overrides)  # validate every config before the first run starts
-    print(preset.description)
-    summaries = run_preset(preset, out, overrides)
-    table = paper_table(summaries)
-    (out / "table1.md").write_text(table)
-    (out / "bench.json").write_text(json.dumps(summaries, indent=2) + "\n")
-    total = sum(s["timing"]["total_seconds"] for s in summaries.values())
-    print(table)
-    print(f"{len(summaries)} runs, {total:.0f} s of training; wrote {out}/table1.md")
+    sweep = load_sweep(args.sweep)
+    runs = sweep.runs(_overrides(args))  # every config is checked before anything is written
+    jobs = args.jobs or min(os.cpu_count() or 1, len(runs))
+    executor = make_executor(
+        args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address
+    )
+    out = args.out or Path("runs") / sweep.name
+    print(f"{sweep.name}: {len(runs)} runs, {jobs} at a time. {sweep.description}".strip())
+    counts = run_sweep(runs, out, executor, jobs=jobs, retry_failed=args.retry_failed)
+    store = ResultsStore(out / DB_NAME)
+    finished = [r for r in store.finished_runs() if r["id"] in {p.id for p in runs}]
+    store.close()
+    if finished:
+        groups = group_runs(finished)
+        print(markdown(paper_table(groups) if is_paper_grid(finished) else summary_table(groups)))
+    print(
+        ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        + f"; results in {out / DB_NAME}; next: dpmed report {out}"
+    )
+    if counts.get("failed"):
+        print(
+            "some runs failed: their errors are in the database; fix and rerun with --retry-failed",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dpmed.report.build import build_report
+
+    for path in build_report(args.out):
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,14 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         quiet()
     try:
-        {"run": _run, "bench": _bench}[args.command](args)
+        return {"run": _run, "bench": _bench, "report": _report}[args.command](args)
     except DpmedError as exc:
         print(f"dpmed {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

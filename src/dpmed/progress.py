@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -51,3 +53,18 @@ def progress_bar(items: Sequence[T], description: str, total: int | None = None)
         for item in items:
             yield item
             progress.advance(task)
+
+
+class _NoDisplay:
+    def update(self, _renderable) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def live_display(renderable) -> Iterator[Live | _NoDisplay]:
+    """A live-updating panel on stderr (or nothing when quiet): `.update(renderable)`."""
+    if _quiet:
+        yield _NoDisplay()
+        return
+    with Live(renderable, console=console, transient=True) as live:
+        yield live

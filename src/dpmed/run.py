@@ -10,6 +10,8 @@ import csv
 import json
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,21 @@ from dpmed.train.metrics import METRICS
 SUMMARY = "summary.json"
 
 
+@dataclass(frozen=True)
+class RunResult:
+    summary: dict[str, Any]
+    epochs: list[EpochRecord]
+
+
 def run_experiment(
-    config: RunConfig, out: str | Path, *, overwrite: bool = False, log=print
-) -> dict[str, Any]:
-    """Run `config`, write its run folder at `out` and return the summary."""
+    config: RunConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> RunResult:
+    """Run `config`, write its run folder at `out`; the summary and the per-epoch records."""
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -65,7 +78,12 @@ def run_experiment(
     staging.mkdir(parents=True)
     try:
         records = fit(
-            model, inputs, _settings(config), device=device, checkpoint=staging / "best.pt"
+            model,
+            inputs,
+            _settings(config),
+            device=device,
+            checkpoint=staging / "best.pt",
+            on_epoch=on_epoch,
         )
         best = best_epoch(records)
         summary = {
@@ -96,7 +114,7 @@ def run_experiment(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return summary
+    return RunResult(summary, records)
 
 
 def apply_technique(

@@ -34,3 +34,76 @@ def learning_curve(records: list[EpochRecord], best: int, path: Path, title: str
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def learning_curves(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> None:
+    """The paper's Figure 1: train (solid) and test (dashed) accuracy per epoch, one colour
+    per setting. `curves` maps a setting to {"train": [...], "test": [...]} (% per epoch)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, splits) in enumerate(curves.items()):
+        colour = f"C{i}"
+        for split, style in (("train", "-"), ("test", "--")):
+            values = splits[split]
+            ax.plot(
+                range(1, len(values) + 1),
+                values,
+                style,
+                color=colour,
+                marker="o",
+                markersize=3,
+                label=f"{label} ({split})",
+            )
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def frontier(lines: dict[str, list[dict]], path: Path) -> None:
+    """Privacy-utility frontier: test accuracy and ROC-AUC against epsilon (log x), per
+    image on top and per pixel below where reported. `lines` maps a technique to points
+    {"epsilon_per_image", "epsilon_per_pixel", "accuracy", "roc_auc"} (mean over seeds,
+    with "*_sd"); a point without epsilon (no noise) is drawn as a dotted level."""
+    units = ["image"] + (
+        ["pixel"] if any(p["epsilon_per_pixel"] for ps in lines.values() for p in ps) else []
+    )
+    fig, axes = plt.subplots(len(units), 2, figsize=(10, 3.8 * len(units)), squeeze=False)
+    for row, unit in zip(axes, units, strict=True):
+        for ax, metric, name in zip(
+            row, ("accuracy", "roc_auc"), ("test accuracy (%)", "test ROC-AUC"), strict=True
+        ):
+            scale = 100 if metric == "accuracy" else 1
+            for i, (label, points) in enumerate(lines.items()):
+                noisy = sorted(
+                    (p for p in points if p[f"epsilon_per_{unit}"]),
+                    key=lambda p: p[f"epsilon_per_{unit}"],
+                )
+                if noisy:
+                    ax.errorbar(
+                        [p[f"epsilon_per_{unit}"] for p in noisy],
+                        [scale * p[metric] for p in noisy],
+                        yerr=[scale * p[f"{metric}_sd"] for p in noisy],
+                        marker="o",
+                        capsize=3,
+                        color=f"C{i}",
+                        label=label,
+                    )
+                for p in points:
+                    if not p[f"epsilon_per_{unit}"]:
+                        ax.axhline(
+                            scale * p[metric],
+                            color=f"C{i}",
+                            linestyle=":",
+                            label=f"{label}: no noise",
+                        )
+            ax.set_xscale("log")
+            ax.set(xlabel=f"epsilon per {unit} (log)", ylabel=name)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+    fig.suptitle("privacy-utility frontier (smaller epsilon = stronger privacy)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

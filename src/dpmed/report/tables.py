@@ -1,34 +1,153 @@
-"""Tables in Markdown."""
+"""Result tables: runs grouped over seeds, mean +- sd, and the paper's Table 1 layout."""
 
 from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
 
 # Singh & Sikka, Table 1: accuracy (%) by Laplace scale b (0 = original images).
 PAPER_TABLE1 = {
     "test": {0: 82.69, 1: 74.35, 2: 69.23, 4: 54.16},
     "train": {0: 99.98, 1: 77.11, 2: 65.08, 4: 58.03},
 }
+NOT_COMPARED = {"seed", "data_root"}  # repeats and locations, not settings
 
 
-def paper_table(summaries: dict[str, dict]) -> str:
-    """Markdown: Table 1's layout, our accuracy beside the paper's, plus epsilon per image."""
-    by_scale = {s["privacy"]["noise_scale"]: s for s in summaries.values()}
-    scales = sorted(by_scale)
-    head = ["accuracy (%)"] + ["original" if b == 0 else f"b={b:g}" for b in scales]
-    rows = [head, ["---"] * len(head)]
+@dataclass(frozen=True)
+class Group:
+    """Runs that differ only by seed."""
+
+    label: str
+    settings: dict[str, Any]
+    runs: list[dict[str, Any]]  # each {"id", "name", "config", "summary"}
+
+    def values(self, *path: str) -> list[float]:
+        found = []
+        for run in self.runs:
+            value: Any = run["summary"]
+            for key in path:
+                value = value[key]
+            if value is not None:
+                found.append(value)
+        return found
+
+    def mean_sd(self, *path: str, scale: float = 1.0, digits: int = 2) -> str:
+        values = [scale * v for v in self.values(*path)]
+        if not values:
+            return "n/a"
+        mean = f"{statistics.fmean(values):.{digits}f}"
+        return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.{digits}f}"
+
+
+def varying_settings(runs: list[dict[str, Any]]) -> list[str]:
+    """The settings whose value differs between runs (seeds and paths left out)."""
+    keys = runs[0]["config"].keys() if runs else []
+    return [
+        k for k in keys if k not in NOT_COMPARED and len({repr(r["config"][k]) for r in runs}) > 1
+    ]
+
+
+def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
+    """Groups of runs equal but for their seed, in first-seen order."""
+    varying = varying_settings(runs)
+    groups: dict[str, Group] = {}
+    for run in runs:
+        settings = {k: v for k, v in run["config"].items() if k not in NOT_COMPARED}
+        label = ", ".join(f"{k}={run['config'][k]}" for k in varying) or "all runs"
+        groups.setdefault(label, Group(label, settings, [])).runs.append(run)
+    return list(groups.values())
+
+
+def summary_table(groups: list[Group]) -> list[list[str]]:
+    rows = [
+        [
+            "setting",
+            "seeds",
+            "test accuracy (%)",
+            "test ROC-AUC",
+            "sensitivity",
+            "specificity",
+            "train accuracy (%)",
+            "epsilon per image",
+            "epsilon per pixel",
+        ]
+    ]
+    for g in groups:
+        privacy = g.runs[0]["summary"]["privacy"]
+        rows.append(
+            [
+                g.label,
+                str(len(g.runs)),
+                g.mean_sd("test", "accuracy", scale=100),
+                g.mean_sd("test", "roc_auc", digits=3),
+                g.mean_sd("test", "sensitivity", digits=3),
+                g.mean_sd("test", "specificity", digits=3),
+                g.mean_sd("train", "accuracy", scale=100),
+                epsilon_text(privacy.get("epsilon_per_image")),
+                epsilon_text(privacy.get("epsilon_per_pixel")),
+            ]
+        )
+    return rows
+
+
+def is_paper_grid(runs: list[dict[str, Any]]) -> bool:
+    """The reference paper's design: Laplace on Kermany, varying only b (and seeds)."""
+    return (
+        bool(runs)
+        and all(
+            r["config"]["dataset"] == "chest-xray"
+            and r["config"]["technique"] == "laplace"
+            and r["config"]["noise_scale"] in PAPER_TABLE1["test"]
+            for r in runs
+        )
+        and set(varying_settings(runs)) <= {"noise_scale"}
+    )
+
+
+def paper_table(groups: list[Group]) -> list[list[str]]:
+    """Table 1's layout: our accuracy (mean ± sd over seeds) beside the paper's."""
+    by_scale = sorted(groups, key=lambda g: g.settings["noise_scale"])
+    scales = [g.settings["noise_scale"] for g in by_scale]
+    rows = [["accuracy (%)"] + ["original" if b == 0 else f"b={b:g}" for b in scales]]
     for split in ("test", "train"):
-        cells = []
-        for b in scales:
-            ours = f"{100 * by_scale[b][split]['accuracy']:.2f}"
-            paper = PAPER_TABLE1[split].get(b)
-            cells.append(f"{ours} (paper {paper:.2f})" if paper is not None else ours)
-        rows.append([split] + cells)
-    auc = [by_scale[b]["test"]["roc_auc"] for b in scales]
-    rows.append(["test ROC-AUC"] + ["n/a" if v is None else f"{v:.3f}" for v in auc])
+        rows.append(
+            [split]
+            + [
+                f"{g.mean_sd(split, 'accuracy', scale=100)} (paper {PAPER_TABLE1[split][b]:.2f})"
+                for g, b in zip(by_scale, scales, strict=True)
+            ]
+        )
     for unit in ("pixel", "image"):
-        epsilons = [by_scale[b]["privacy"][f"epsilon_per_{unit}"] for b in scales]
-        rows.append([f"epsilon per {unit}"] + [_epsilon(e) for e in epsilons])
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+        rows.append(
+            [f"epsilon per {unit}"]
+            + [
+                epsilon_text(g.runs[0]["summary"]["privacy"][f"epsilon_per_{unit}"])
+                for g in by_scale
+            ]
+        )
+    return rows
 
 
-def _epsilon(value: float | None) -> str:
+def timing_table(runs: list[dict[str, Any]]) -> list[list[str]]:
+    rows = [["run", "best epoch", "wall time (s)", "train images/s"]]
+    for r in runs:
+        timing = r["summary"]["timing"]
+        rows.append(
+            [
+                r["name"],
+                str(r["summary"]["best_epoch"]),
+                f"{timing['total_seconds']:.0f}",
+                f"{timing['train_images_per_second']:.0f}",
+            ]
+        )
+    return rows
+
+
+def epsilon_text(value: float | None) -> str:
     return "inf (no noise)" if value is None else f"{value:,.6g}"
+
+
+def markdown(rows: list[list[str]]) -> str:
+    lines = [rows[0], ["---"] * len(rows[0]), *rows[1:]]
+    return "\n".join("| " + " | ".join(row) + " |" for row in lines) + "\n"

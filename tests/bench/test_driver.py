@@ -1,0 +1,173 @@
+"""The sweep driver end to end on real data: resume after SIGKILL, jobs, failures, Ray."""
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dpmed import cli
+from tests.bench.helpers import write_sweep
+
+
+def _bench(*args):
+    return [sys.executable, "-m", "dpmed.cli", "bench", *map(str, args), "--quiet"]
+
+
+def _db(out):
+    db = sqlite3.connect(out / "results.db")
+    runs = db.execute("SELECT id, status, summary FROM runs").fetchall()
+    epochs = db.execute("SELECT run_id, COUNT(*) FROM epochs GROUP BY run_id").fetchall()
+    db.close()
+    return runs, dict(epochs)
+
+
+def test_sigkill_at_random_moments_then_resume_leaves_every_run_once(
+    tmp_path, real_data, private_cache
+):
+    """Kill the sweep (driver and workers) at seeded random moments, resume each time.
+
+    Whatever the moment, the invariants hold: a run's rows are committed in one
+    transaction, so each run is finished once with all its epoch rows, or not at all.
+    The moments are seeded; runs take seconds each and the interpreter a few to start, so
+    every attempt dies mid-sweep, and the final resume runs to the end.
+    """
+    sweep = write_sweep(
+        tmp_path / "tiny.yaml",
+        data_root=str(real_data),
+        max_images=200,  # a few seconds a run: each attempt is killed before the sweep ends
+        grid={"noise_scale": [0, 1, 2], "seed": [0, 1]},
+    )
+    out = tmp_path / "out"
+    env = os.environ | {"DPMED_CACHE": str(private_cache)}
+    moments = random.Random(0)
+    kills = 0
+    for _ in range(4):
+        process = subprocess.Popen(
+            _bench(sweep, "--out", out, "--jobs", 1),
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(moments.uniform(2.0, 6.0))
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait()
+        runs, epochs = _db(out) if (out / "results.db").exists() else ([], {})
+        finished = {run_id for run_id, status, _ in runs if status == "finished"}
+        assert set(epochs) <= finished  # no orphan epoch rows, ever
+        assert all(epochs[run_id] == 2 * 3 * 5 for run_id in finished)
+    assert kills >= 3
+    final = subprocess.run(_bench(sweep, "--out", out, "--jobs", 1), env=env, capture_output=True)
+    assert final.returncode == 0, final.stderr
+    runs, epochs = _db(out)
+    assert len(runs) == 6 and {status for _, status, _ in runs} == {"finished"}
+    assert set(epochs) == {run_id for run_id, _, _ in runs}
+    assert all(count == 2 * 3 * 5 for count in epochs.values())  # epochs x splits x metrics
+
+
+def _results(out):
+    runs, _ = _db(out)
+    return {run_id: json.loads(summary)["test"] for run_id, _, summary in runs}
+
+
+def test_two_jobs_give_the_same_results_as_one(tmp_path, tiny_sweep):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (
+        cli.main(
+            [
+                "bench",
+                str(tiny_sweep),
+                "--out",
+                str(one),
+                "--jobs",
+                "1",
+                "--threads-per-run",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "bench",
+                str(tiny_sweep),
+                "--out",
+                str(two),
+                "--jobs",
+                "2",
+                "--threads-per-run",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert _results(one) == _results(two) and len(_results(one)) == 4
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, real_data, capsys):
+    sweep = write_sweep(
+        tmp_path / "s.yaml",
+        data_root=str(real_data),
+        model="resnet18",
+        epochs=1,
+        grid={"weights": [None, str(tmp_path / "absent.pt")]},
+    )
+    out = tmp_path / "out"
+    assert cli.main(["bench", str(sweep), "--out", str(out), "--jobs", "1", "--quiet"]) == 1
+    db = sqlite3.connect(out / "results.db")
+    rows = dict(db.execute("SELECT status, error FROM runs").fetchall())
+    assert set(rows) == {"finished", "failed"}
+    assert "weights file" in rows["failed"] and "does not exist" in rows["failed"]
+    assert "--retry-failed" in capsys.readouterr().err
+    assert cli.main(["bench", str(sweep), "--out", str(out), "--quiet"]) == 1  # left as is
+    assert "1 failed run(s) left" in capsys.readouterr().out
+
+
+def test_ray_executor_runs_the_grid_on_a_local_ray(tmp_path, real_data):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'dpmed[ray]'")
+    sweep = write_sweep(
+        tmp_path / "s.yaml", data_root=str(real_data), grid={"seed": [0, 1]}, epochs=1
+    )
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    args = ["--jobs", "2", "--threads-per-run", "1", "--quiet"]
+    assert cli.main(["bench", str(sweep), "--out", str(local), *args]) == 0
+    assert cli.main(["bench", str(sweep), "--out", str(remote), "--executor", "ray", *args]) == 0
+    assert _results(local) == _results(remote) and len(_results(remote)) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("base: {}\ngrid: {seed: [0]}\ncolour: red\n", "unknown key 'colour'"),
+        ("base: {epochs: 1}\ngrid: {}\n", "empty grid"),
+        ("base: {epochs: three}\ngrid: {seed: [0]}\n", "epochs must be int"),
+        ("base: {}\ngrid: {seed: [0]\n", "not valid YAML"),
+    ],
+)
+def test_bad_sweep_files_fail_in_one_line_and_create_no_database(
+    tmp_path, content, message, capsys
+):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(content)
+    out = tmp_path / "out"
+    assert cli.main(["bench", str(spec), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_preset_creates_nothing(tmp_path, capsys):
+    assert cli.main(["bench", "no-such-preset", "--out", str(tmp_path / "o")]) == 2
+    assert "no preset or sweep file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,55 @@
+import csv
+
+from dpmed import cli
+from dpmed.report.tables import group_runs, is_paper_grid, paper_table
+
+
+def _run(noise_scale, seed, test_acc, dataset="chest-xray"):
+    return {
+        "id": f"{noise_scale}-{seed}",
+        "name": f"noise_scale={noise_scale},seed={seed}",
+        "config": {
+            "dataset": dataset,
+            "technique": "laplace",
+            "noise_scale": noise_scale,
+            "seed": seed,
+            "data_root": "/x",
+        },
+        "summary": {
+            "test": {"accuracy": test_acc},
+            "train": {"accuracy": 0.9},
+            "privacy": {
+                "epsilon_per_pixel": 1 / noise_scale if noise_scale else None,
+                "epsilon_per_image": 4096 / noise_scale if noise_scale else None,
+            },
+        },
+    }
+
+
+def test_paper_table_gives_mean_and_sd_over_seeds_beside_the_paper():
+    runs = [_run(0, 0, 0.80), _run(0, 1, 0.84), _run(1, 0, 0.70), _run(1, 1, 0.70)]
+    assert is_paper_grid(runs)
+    rows = paper_table(group_runs(runs))
+    assert rows[0] == ["accuracy (%)", "original", "b=1"]
+    assert rows[1] == ["test", "82.00 ± 2.83 (paper 82.69)", "70.00 ± 0.00 (paper 74.35)"]
+    assert rows[-1] == ["epsilon per image", "inf (no noise)", "4,096"]
+    assert not is_paper_grid(runs + [_run(1, 2, 0.7, dataset="pneumoniamnist")])
+
+
+def test_report_from_a_real_sweep(tmp_path, tiny_sweep, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["bench", str(tiny_sweep), "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Results by setting" in md and "noise_scale=2.0" in md
+    assert "![" in md and (out / "figures" / "frontier.png").stat().st_size > 10_000
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 and {r["seed"] for r in rows} == {"0", "1"}
+    assert {r["epsilon_per_image"] for r in rows} == {"", "392.0"}
+
+
+def test_report_without_a_database_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "no results database" in capsys.readouterr().err
