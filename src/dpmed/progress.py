@@ -24,12 +24,9 @@ _quiet = bool(os.environ.get("DPMED_QUIET"))
 
 
 def quiet(value: bool = True) -> None:
+    """Turn progress displays off (True) or on again."""
     global _quiet
     _quiet = value
-
-
-def is_quiet() -> bool:
-    return _quiet
 
 
 def make_progress() -> Progress:
