@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpmed.privacy.dpsgd import DPSGD
 from dpmed.progress import make_progress
 from dpmed.train.metrics import binary_metrics
 
@@ -57,9 +58,12 @@ def fit(
     device: torch.device,
     checkpoint: Path,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    dp: DPSGD | None = None,
 ) -> list[EpochRecord]:
     """Train on data["train"], evaluate every split after each epoch, and save the best
-    model (on validation) to `checkpoint`. `data` maps split -> (images (N,H,W), labels)."""
+    model (on validation) to `checkpoint`. `data` maps split -> (images (N,H,W), labels).
+
+    With `dp`, training is DP-SGD: Poisson batches, per-example clipping and noise."""
     model.to(device)
     images, labels = data["train"]
     generator = torch.Generator().manual_seed(settings.seed)
@@ -68,6 +72,9 @@ def fit(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=settings.epochs * steps_per_epoch
     )
+    trained = model
+    if dp:
+        trained, optimizer = dp.wrap(model, optimizer, len(labels))
     class_weights = _class_weights(labels, device) if settings.balanced_loss else None
     targets = torch.from_numpy(labels)
     records: list[EpochRecord] = []
@@ -76,19 +83,30 @@ def fit(
         for epoch in range(1, settings.epochs + 1):
             progress.update(task, description=f"epoch {epoch}/{settings.epochs}")
             start = time.perf_counter()
-            model.train()
-            for batch in torch.randperm(len(labels), generator=generator).split(
-                settings.batch_size
-            ):
-                x = _to_input(images[batch.numpy()], device)
-                if settings.augment:
-                    x = random_affine(x, generator)
-                with _autocast(device):
-                    loss = F.cross_entropy(
-                        model(x), targets[batch].to(device), weight=class_weights
-                    )
+            trained.train()
+            if dp:
+                batches = dp.batches(generator)
+            else:
+                order = torch.randperm(len(labels), generator=generator)
+                batches = ([batch] for batch in order.split(settings.batch_size))
+            for chunks in batches:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if not chunks:  # an empty Poisson batch still takes its noisy step
+                    _empty_grad_samples(trained)
+                for i, chunk in enumerate(chunks):
+                    x = _to_input(images[chunk.numpy()], device)
+                    if settings.augment:
+                        x = random_affine(x, generator)
+                    with _autocast(device):
+                        logits = trained(x)
+                    loss = F.cross_entropy(
+                        logits.float(), targets[chunk].to(device), weight=class_weights
+                    )
+                    loss.backward()
+                    if i < len(chunks) - 1:  # DP-SGD: sum clipped chunks, noise once
+                        optimizer.signal_skip_step(True)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
                 optimizer.step()
                 schedule.step()
                 progress.advance(task)
@@ -102,11 +120,18 @@ def fit(
             records.append(record)
             if best_epoch(records) is record:
                 torch.save(model.state_dict(), checkpoint)
-            val = metrics["val"]
-            progress.update(task, status=f"val acc {val['accuracy']:.3f}")
+            status = f"val acc {metrics['val']['accuracy']:.3f}"
+            progress.update(task, status=status + (f", eps {dp.epsilon():.2f}" if dp else ""))
             if on_epoch:
                 on_epoch(record)
     return records
+
+
+def _empty_grad_samples(model: nn.Module) -> None:
+    """Zero per-example gradients for a batch of none, so DP-SGD adds noise alone."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
 
 
 @torch.no_grad()

@@ -1,0 +1,96 @@
+import dp_accounting
+import numpy as np
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from dpmed.errors import ConfigError
+from dpmed.models import build_model
+from dpmed.privacy.dpsgd import DPSGD, calibrate_noise, check_trainable, epsilon_after
+from dpmed.train.loop import TrainSettings, fit
+
+
+def _independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> dict[str, float]:
+    """Google's dp-accounting, RDP and PLD, for the Poisson-subsampled Gaussian."""
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+    )
+    rdp = dp_accounting.rdp.RdpAccountant()
+    pld = dp_accounting.pld.PLDAccountant()
+    rdp.compose(event)
+    pld.compose(event)
+    return {"rdp": rdp.get_epsilon(delta), "prv": pld.get_epsilon(delta)}
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(1.0, 0.01, 1000), (0.8, 0.05, 300)])
+def test_epsilon_matches_google_dp_accounting(accountant, sigma, q, steps):
+    ours = epsilon_after(
+        noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant=accountant
+    )
+    reference = _independent_epsilon(sigma, q, steps, 1e-5)[accountant]
+    assert ours == pytest.approx(reference, rel=0.05)
+
+
+@pytest.mark.parametrize("target", [0.5, 2.0, 8.0])
+def test_calibrated_noise_never_exceeds_the_target(target):
+    sigma = calibrate_noise(
+        target_epsilon=target, delta=1e-5, sample_rate=0.02, steps=500, accountant="prv"
+    )
+    spent = epsilon_after(
+        noise_multiplier=sigma, sample_rate=0.02, steps=500, delta=1e-5, accountant="prv"
+    )
+    assert 0.97 * target <= spent <= target
+
+
+def test_batchnorm_is_refused_with_the_layer_named():
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        check_trainable(resnet18())
+    check_trainable(build_model("small-cnn")[0])
+
+
+def _toy(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = rng.random((n, 16, 16)) * 0.5
+    images[labels == 1, 4:12, 4:12] += 0.5
+    return images.astype(np.float16), labels
+
+
+def _dp_fit(tmp_path, *, sigma, epochs=1, lr=0.05, physical=1000, data=None):
+    torch.manual_seed(0)
+    model, _ = build_model("small-cnn")
+    data = data or {"train": _toy(), "val": _toy(64, 1), "test": _toy(64, 2)}
+    dp = DPSGD(
+        noise_multiplier=sigma,
+        max_grad_norm=1.0,
+        sample_rate=32 / 256,
+        delta=1e-5,
+        accountant_name="rdp",
+        physical_batch_size=physical,
+    )
+    settings = TrainSettings(epochs=epochs, batch_size=32, lr=lr, optimizer="sgd", seed=0)
+    records = fit(
+        model, data, settings, device=torch.device("cpu"), checkpoint=tmp_path / "m.pt", dp=dp
+    )
+    return model, dp, records
+
+
+def test_a_dp_run_records_its_steps_and_its_epsilon(tmp_path):
+    _, dp, _ = _dp_fit(tmp_path, sigma=1.0, epochs=2)
+    assert dp.steps == 2 * 8  # 1/q logical batches per epoch
+    expected = _independent_epsilon(1.0, 32 / 256, dp.steps, 1e-5)["rdp"]
+    assert dp.epsilon() == pytest.approx(expected, rel=0.05)
+
+
+def test_physical_chunks_do_not_change_the_result(tmp_path):
+    whole, dp_whole, _ = _dp_fit(tmp_path, sigma=0.0)
+    chunked, dp_chunked, _ = _dp_fit(tmp_path, sigma=0.0, physical=7)
+    assert dp_whole.steps == dp_chunked.steps
+    for a, b in zip(whole.parameters(), chunked.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_dp_sgd_learns_an_easy_task_with_moderate_noise(tmp_path):
+    _, _, records = _dp_fit(tmp_path, sigma=0.5, epochs=4, lr=0.5)
+    assert records[-1].metrics["test"]["roc_auc"] > 0.8
