@@ -20,7 +20,7 @@ from dpmed.errors import ConfigError
 
 DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
 TECHNIQUES = ("none", "laplace")
-MODELS = ("resnet18", "small-cnn")
+MODELS = ("resnet18", "resnet18-gn", "small-cnn")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -6,7 +6,7 @@ from dpmed.errors import DataError
 from dpmed.models import build_model
 
 
-@pytest.mark.parametrize("name", ["resnet18", "small-cnn"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet18-gn", "small-cnn"])
 @pytest.mark.parametrize("size", [28, 64])
 def test_models_take_one_channel_and_give_two_logits(name, size):
     model, note = build_model(name)
@@ -41,3 +41,12 @@ def test_bad_weights_files(tmp_path):
     torch.save({"layer.weight": torch.zeros(1)}, other)
     with pytest.raises(DataError, match="not a torchvision ResNet-18"):
         build_model("resnet18", weights=str(other))
+
+
+def test_groupnorm_resnet_is_trainable_by_dp_sgd_and_plain_resnet_is_not():
+    from dpmed.errors import ConfigError
+    from dpmed.privacy.dpsgd import check_trainable
+
+    check_trainable(build_model("resnet18-gn")[0])
+    with pytest.raises(ConfigError, match="BatchNorm"):
+        check_trainable(build_model("resnet18")[0])

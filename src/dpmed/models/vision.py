@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from dpmed.errors import ConfigError, DataError
 
@@ -17,8 +18,10 @@ def build_model(
     """A fresh model for 1-channel images and a line saying how it was initialised."""
     if name == "small-cnn":
         return SmallCNN(num_classes), "small-cnn from random init"
+    if name == "resnet18-gn":
+        return resnet18_groupnorm(num_classes), "resnet18-gn (GroupNorm) from random init"
     if name != "resnet18":
-        raise ConfigError(f"unknown model {name!r}; choose resnet18 or small-cnn")
+        raise ConfigError(f"unknown model {name!r}; choose resnet18, resnet18-gn or small-cnn")
     model = resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if weights is None:
@@ -74,3 +77,26 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class _OutOfPlaceBlock(BasicBlock):
+    """torchvision's BasicBlock without in-place ops, which Opacus's hooks cannot follow."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + identity)
+
+
+def resnet18_groupnorm(num_classes: int = 2) -> ResNet:
+    """ResNet-18 for DP-SGD: GroupNorm (per-example, unlike BatchNorm), out-of-place
+    residuals, a 1-channel stem."""
+    model = ResNet(
+        _OutOfPlaceBlock,
+        [2, 2, 2, 2],
+        num_classes=num_classes,
+        norm_layer=lambda channels: nn.GroupNorm(min(32, channels), channels),
+    )
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.relu = nn.ReLU()
+    return model

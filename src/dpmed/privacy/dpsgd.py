@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from opacus import GradSampleModule
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -26,6 +26,7 @@ from torch import nn
 from dpmed.errors import ConfigError
 
 ACCOUNTANTS = ("prv", "rdp")
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")  # how Opacus computes per-example gradients
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
@@ -82,6 +83,7 @@ class DPSGD:
     delta: float
     accountant_name: str
     physical_batch_size: int
+    grad_sample_mode: str = "hooks"
 
     def __post_init__(self) -> None:
         self.accountant = create_accountant(mechanism=self.accountant_name)
@@ -92,7 +94,7 @@ class DPSGD:
         """The model with per-example gradients and the optimizer that clips and noises."""
         check_trainable(model)
         self.n_train = n_train
-        private = GradSampleModule(model, loss_reduction="mean")
+        private = prepare_module(model, self.grad_sample_mode, loss_reduction="mean")
         dp_optimizer = DPOptimizer(
             optimizer,
             noise_multiplier=self.noise_multiplier,
