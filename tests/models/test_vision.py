@@ -42,11 +42,3 @@ def test_bad_weights_files(tmp_path):
     with pytest.raises(DataError, match="not a torchvision ResNet-18"):
         build_model("resnet18", weights=str(other))
 
-
-def test_groupnorm_resnet_is_trainable_by_dp_sgd_and_plain_resnet_is_not():
-    from dpmed.errors import ConfigError
-    from dpmed.privacy.dpsgd import check_trainable
-
-    check_trainable(build_model("resnet18-gn")[0])
-    with pytest.raises(ConfigError, match="BatchNorm"):
-        check_trainable(build_model("resnet18")[0])

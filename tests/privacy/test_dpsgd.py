@@ -47,6 +47,7 @@ def test_batchnorm_is_refused_with_the_layer_named():
     with pytest.raises(ConfigError, match="BatchNorm"):
         check_trainable(resnet18())
     check_trainable(build_model("small-cnn")[0])
+    check_trainable(build_model("resnet18-gn")[0])
 
 
 def _toy(n=256, seed=0):
