@@ -17,6 +17,8 @@ import types
 
 def diffprivlib_mechanisms() -> types.ModuleType | None:
     """`diffprivlib.mechanisms`, or None when diffprivlib is not installed."""
+    if "diffprivlib.mechanisms" in sys.modules:
+        return sys.modules["diffprivlib.mechanisms"]
     spec = importlib.util.find_spec("diffprivlib")
     if spec is None:
         return None
