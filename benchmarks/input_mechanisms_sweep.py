@@ -8,7 +8,7 @@ normal dpmed run folder under --out, reused when its config is unchanged (resuma
 The attack (`dpmed.audit.reconstruction_attack`) denoises the first --attack-images
 released training images as well as it can and scores PSNR / SSIM against the originals.
 
-    python benchmarks/input_mechanisms_sweep.py [--seeds 0 1] [--epochs 6]
+    python benchmarks/input_mechanisms_sweep.py [--seeds 0 1] [--epochs 3]
         [--out runs/input-mechanisms] [--results benchmarks/results]
 
 All these epsilons are weak guarantees: epsilon = 100 per image bounds the likelihood
@@ -147,7 +147,7 @@ def table(summaries: dict[str, dict], attacks: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--attack-images", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("runs/input-mechanisms"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))

@@ -189,11 +189,9 @@ def _run(args: argparse.Namespace) -> None:
 
     values = load_yaml(args.config) if args.config else {}
     config = RunConfig.from_mapping(values | _overrides(args), source=str(args.config or "flags"))
-    noise = (
-        f"b{config.noise_scale:g}"
-        if config.target_epsilon is None
-        else (f"eps{config.target_epsilon:g}-{config.unit}")
-    )
+    noise = f"b{config.noise_scale:g}"
+    if config.target_epsilon is not None:
+        noise = f"eps{config.target_epsilon:g}-{config.unit}"
     name = f"{config.dataset}-{config.technique}-{noise}-seed{config.seed}"
     out = args.out or Path("runs") / name
     summary = run_experiment(config, out, overwrite=args.overwrite)

@@ -102,7 +102,7 @@ class RunConfig:
         if self.technique == "none" and (self.noise_scale > 0 or self.target_epsilon is not None):
             raise ConfigError(
                 "noise_scale or target_epsilon is set but technique is 'none'; "
-                "use --technique laplace, gaussian or dppix"
+                f"use --technique {' or '.join(MECHANISMS)}"
             )
         if self.target_epsilon is not None and self.noise_scale > 0:
             raise ConfigError("set noise_scale or target_epsilon, not both")
