@@ -1,6 +1,6 @@
 """Speed of dpmed's hot paths, each as a ratio against a baseline run in the same process.
 
-- release: noisy pixels/s of `release_laplace` (draw + add + cast to float16) against
+- release: noisy pixels/s of `Laplace().release` (draw + add + cast to float16) against
   numpy's own Laplace sampler drawing the same number of values;
 - training: images/s of `dpmed.train.fit` against a bare PyTorch loop (same model, data,
   batch size, optimizer) for each model.
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dpmed.models import build_model
-from dpmed.privacy.laplace import release_laplace
+from dpmed.privacy import Laplace
 from dpmed.progress import quiet
 from dpmed.train.loop import PIXEL_MEAN, PIXEL_STD, TrainSettings, fit
 
@@ -39,7 +39,7 @@ def best_of(repeats: int, work) -> float:
 def release_speed(n_images: int = 2000, size: int = 64) -> dict:
     images = np.random.default_rng(0).integers(0, 256, (n_images, size, size), dtype=np.uint8)
     pixels = images.size
-    ours = best_of(3, lambda: release_laplace(images, 1.0, np.random.default_rng(1)))
+    ours = best_of(3, lambda: Laplace().release(images, 1.0, np.random.default_rng(1)))
     numpy_only = best_of(3, lambda: np.random.default_rng(1).laplace(0.0, 1.0, images.shape))
     return {
         "pixels": pixels,

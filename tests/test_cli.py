@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dpmed import cli
-from dpmed.privacy import laplace as lp
+from dpmed.privacy import Laplace
+from dpmed.privacy import mechanism as mech
 
 QUICK = [
     "--dataset",
@@ -85,8 +86,8 @@ def test_release_happens_once_and_training_uses_the_saved_copy(real_data, tmp_pa
     monkeypatch.setenv("DPMED_CACHE", str(cache))
 
     releases, trained_on = [], []
-    real_release, real_fit = lp.release_laplace, run.fit
-    monkeypatch.setattr(lp, "release_laplace", lambda *a: releases.append(a) or real_release(*a))
+    real_release, real_fit = Laplace.release, run.fit
+    monkeypatch.setattr(Laplace, "release", lambda *a: releases.append(a) or real_release(*a))
     monkeypatch.setattr(
         run, "fit", lambda m, data, *a, **k: trained_on.append(data) or real_fit(m, data, *a, **k)
     )
@@ -110,10 +111,70 @@ def test_release_happens_once_and_training_uses_the_saved_copy(real_data, tmp_pa
     a, b = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
     assert a["privacy"]["release_sha256"] == b["privacy"]["release_sha256"]
     assert a["test"] == b["test"]  # same seed, same release: the same model
-    [saved] = (cache / "releases").glob("pneumoniamnist-train-b1-seed0-*.npy")
-    assert lp.file_sha256(saved) == a["privacy"]["release_sha256"]["train"]
+    [saved] = (cache / "releases").glob("pneumoniamnist-train-laplace-scale1-seed0-*.npy")
+    assert mech.file_sha256(saved) == a["privacy"]["release_sha256"]["train"]
     for data in trained_on:  # fit gets the saved release itself, for all its epochs
         assert np.array_equal(data["train"][0], np.load(saved))
+
+
+def test_run_calibrates_to_a_target_and_post_processes(real_data, tmp_path, capsys):
+    out = tmp_path / "dppix"
+    args = ["--technique", "dppix", "--cell-size", "4", "--target-epsilon", "100"]
+    args += ["--postprocess", "blur1", "--data-root", str(real_data), "--out", str(out)]
+    assert cli.main(["run", *QUICK, *args]) == 0
+    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    assert privacy["mechanism"] == "dppix-cell4" and privacy["noise_scale"] == 0.49
+    assert privacy["epsilon_per_image"] == pytest.approx(100) and privacy["target_epsilon"] == 100
+    assert privacy["epsilon_per_pixel"] == pytest.approx(100 / 784)
+    assert privacy["epsilon_per_patient"] == privacy["epsilon_per_image"]  # k = 1 here
+    assert privacy["images_per_patient"] == 1 and privacy["postprocess"] == ["blur1"]
+    assert any("no patient ids" in a for a in privacy["assumptions"])
+    assert "epsilon = 100 per image (dppix-cell4)" in capsys.readouterr().out
+
+
+def test_privacy_prints_the_guarantee_as_json_and_table(capsys):
+    argv = ["privacy", "--mechanism", "laplace", "--noise-scale", "2", "--image-size", "28"]
+    assert cli.main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["epsilon_per_pixel"] == 0.5 and report["epsilon_per_image"] == 392.0
+    assert report["delta"] == 0 and report["image_size"] == 28
+    assert cli.main([*argv, "--images-per-patient", "3"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"pixel\s+0.5\s+0", table) and re.search(r"image\s+392\s", table)
+    assert re.search(r"patient \(3 images\)\s+1,176\s", table) and "assumptions:" in table
+
+
+def test_privacy_calibrates_to_a_target_epsilon(capsys):
+    argv = ["privacy", "--mechanism", "gaussian", "--target-epsilon", "8", "--unit", "image"]
+    assert cli.main([*argv, "--delta", "1e-5", "--image-size", "28", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["epsilon_per_image"] == pytest.approx(8) and report["delta"] == 1e-5
+    assert report["noise_scale"] == pytest.approx(16.8064, rel=1e-5)
+    argv = ["privacy", "--mechanism", "laplace", "--target-epsilon", "8", "--unit", "16-pixels"]
+    assert cli.main([*argv, "--image-size", "28", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["noise_scale"] == 2.0 and report["unit"] == "16-pixels"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mechanism", "laplace", "--noise-scale", "1"], "give --image-size"),
+        (["--mechanism", "gaussian", "--noise-scale", "1"], r"needs delta in \(0, 1\)"),
+        (["--mechanism", "gaussian", "--noise-scale", "1", "--delta", "1"], "delta in"),
+        (["--mechanism", "laplace", "--noise-scale", "1", "--delta", "1e-5"], "delta must be 0"),
+        (["--mechanism", "laplace", "--target-epsilon", "0"], "target_epsilon must be > 0"),
+        (["--mechanism", "laplace", "--target-epsilon", "-1"], "target_epsilon must be > 0"),
+        (["--mechanism", "dppix", "--cell-size", "3", "--noise-scale", "1"], "does not divide"),
+        (["--mechanism", "dppix", "--noise-scale", "1"], "dppix needs cell_size"),
+        (["--mechanism", "laplace", "--noise-scale", "1", "--unit", "voxel"], "unknown unit"),
+        (["--mechanism", "laplace", "--noise-scale", "1", "--target-epsilon", "1"], "not both"),
+        (["--mechanism", "rappor", "--noise-scale", "1"], "unknown technique 'rappor'"),
+    ],
+)
+def test_privacy_bad_settings_are_one_line_exit_2(argv, message, capsys):
+    size = [] if "laplace" in argv and "give" in message else ["--image-size", "28"]
+    assert re.search(message, _fail(["privacy", *argv, *size], capsys))
 
 
 def test_trains_on_real_data_better_than_chance(real_data, tmp_path):
@@ -211,6 +272,10 @@ def corrupt_root(kermany_root):
         (["--config", "{badyaml}"], "not valid YAML"),
         (["--config", "{badkey}"], "unknown setting 'noise'"),
         (["--perturb-test", "maybe"], "expected true or false"),
+        (["--technique", "gaussian", "--target-epsilon", "8"], r"needs delta in \(0, 1\)"),
+        (["--technique", "dppix", "--cell-size", "5"], "cell_size 5 does not divide .* 64"),
+        (["--technique", "laplace", "--postprocess", "pool2,sharpen"], "unknown post-processing"),
+        (["--technique", "gaussian", "--snapping", "true"], "snapping is only for technique"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -254,7 +319,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 
 def test_every_command_has_help(capsys):
-    for argv in (["--help"], ["run", "--help"], ["bench", "--help"]):
+    for argv in (["--help"], ["run", "--help"], ["bench", "--help"], ["privacy", "--help"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
         assert exit_info.value.code == 0

@@ -30,11 +30,33 @@ def test_ints_are_accepted_as_floats_but_not_the_reverse():
         ({"lr": 0}, "lr must be > 0"),
         ({"weights": "w.pt", "model": "small-cnn"}, "weights are only supported"),
         ({"noise_scle": 1}, "unknown setting 'noise_scle'"),
+        ({"target_epsilon": 8}, "technique is 'none'"),
+        ({"technique": "laplace", "target_epsilon": 0}, "target_epsilon must be > 0"),
+        ({"technique": "laplace", "target_epsilon": 8, "noise_scale": 1}, "not both"),
+        ({"technique": "laplace", "noise_scale": 1, "delta": 1e-5}, "delta must be 0"),
+        ({"technique": "gaussian", "noise_scale": 1}, r"gaussian needs delta in \(0, 1\)"),
+        ({"technique": "gaussian", "noise_scale": 1, "delta": 1.5}, "needs delta in"),
+        ({"delta": 1e-5}, "delta is set but technique is 'none'"),
+        ({"technique": "dppix", "noise_scale": 1}, "dppix needs cell_size"),
+        ({"technique": "dppix", "noise_scale": 1, "cell_size": 3}, "does not divide .* 64"),
+        ({"technique": "laplace", "cell_size": 4}, "cell_size is only for technique dppix"),
+        ({"technique": "dppix", "cell_size": 4, "snapping": True}, "snapping is only for"),
+        ({"unit": "voxel"}, "unknown unit 'voxel'"),
+        ({"postprocess": "pool3"}, "pool3 does not divide the image size 64"),
+        ({"postprocess": "nlm,sharpen"}, "unknown post-processing step 'sharpen'"),
     ],
 )
 def test_bad_values_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_mapping(values)
+
+
+def test_new_settings_build_their_mechanism():
+    cfg = RunConfig(technique="dppix", cell_size=4, target_epsilon=100, unit="patient")
+    assert cfg.input_mechanism().label == "dppix-cell4"
+    assert RunConfig(technique="laplace", snapping=True).input_mechanism().label.endswith("snapped")
+    assert RunConfig().input_mechanism() is None
+    assert RunConfig(postprocess="pool2,blur1", dataset="pneumoniamnist").postprocess
 
 
 def test_load_yaml_errors(tmp_path):

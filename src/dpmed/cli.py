@@ -1,4 +1,5 @@
-"""The `dpmed` command: `dpmed run` (one experiment), `dpmed bench` (a preset grid).
+"""The `dpmed` command: `dpmed run` (one experiment), `dpmed bench` (a preset grid),
+`dpmed privacy` (the guarantee of a noise setting, calibrated either way).
 
 Bad input ends in one line on stderr and exit code 2, never a traceback.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import types
@@ -17,13 +19,23 @@ from typing import Any
 from dpmed import __version__
 from dpmed.config import DATASETS, MODELS, OPTIMIZERS, TECHNIQUES, RunConfig, load_yaml
 from dpmed.errors import DpmedError
+from dpmed.privacy import MECHANISMS
 from dpmed.progress import quiet
 
 FLAG_HELP = {
     "dataset": f"dataset: {', '.join(DATASETS)} (default chest-xray)",
     "technique": f"privacy technique: {', '.join(TECHNIQUES)} (default none)",
-    "noise_scale": "Laplace scale b per pixel in [0,1] (0 = no noise)",
+    "noise_scale": "noise scale on pixels in [0,1]: Laplace b, Gaussian sigma, DP-Pix b per "
+    "cell (0 = no noise)",
+    "target_epsilon": "calibrate the noise to this epsilon per --unit instead of --noise-scale",
+    "unit": "what one record is: pixel, <m>-pixels (e.g. 16-pixels), image, patient "
+    "(default image)",
+    "delta": "delta of (epsilon, delta)-DP: gaussian needs it (e.g. 1e-5), others take 0",
+    "cell_size": "dppix: side of the square cells averaged before the noise (divides the size)",
+    "snapping": "laplace: floating-point-safe snapping mechanism (Mironov 2012) for real releases",
     "clip_after_release": "clip the released images to [0,1] (post-processing, free)",
+    "postprocess": "free denoising after the release, comma-separated: pool<k>, blur<sigma>, "
+    "median<k>, nlm (e.g. pool2,blur1)",
     "perturb_test": "release the test images with noise too (default true, as the paper)",
     "model": f"model: {', '.join(MODELS)} (default resnet18)",
     "weights": "torchvision ResNet-18 state dict to start from (local file)",
@@ -41,6 +53,15 @@ FLAG_HELP = {
     "data_root": "folder holding the data (default $DPMED_DATA, else the user cache)",
     "device": "auto, cpu or cuda (default auto)",
 }
+PRIVACY_FLAGS = (
+    "noise_scale",
+    "target_epsilon",
+    "unit",
+    "delta",
+    "cell_size",
+    "snapping",
+    "image_size",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,10 +92,15 @@ def _number(kind: type) -> typing.Callable[[str], Any]:
     return parse
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field; unset flags stay None so the YAML file keeps its value."""
+def _add_config_flags(
+    parser: argparse.ArgumentParser, only: typing.Collection[str] | None = None
+) -> None:
+    """One flag per RunConfig field (or per field in `only`); unset flags stay None so the
+    YAML file keeps its value."""
     hints = typing.get_type_hints(RunConfig)
     for field in dataclasses.fields(RunConfig):
+        if only is not None and field.name not in only:
+            continue
         hint = hints[field.name]
         kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
         kind = kinds[0] if isinstance(hint, types.UnionType) else hint
@@ -93,7 +119,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(RunConfig)
-        if getattr(args, f.name) is not None
+        if getattr(args, f.name, None) is not None
     }
 
 
@@ -154,6 +180,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("out", type=Path, help="the sweep's output folder (holding results.db)")
     report.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+
+    privacy = commands.add_parser(
+        "privacy",
+        help="the guarantee of a noise setting, per pixel, image and patient",
+        description="Print the privacy guarantee of an input-noise setting at every unit, "
+        "from a noise scale (--noise-scale) or calibrated to a target (--target-epsilon "
+        "per --unit). Nothing is read or trained.",
+    )
+    privacy.add_argument(
+        "--mechanism",
+        dest="technique",
+        required=True,
+        help=f"noise mechanism: {', '.join(MECHANISMS)}",
+    )
+    privacy.add_argument(
+        "--images-per-patient",
+        type=_number(int),
+        default=1,
+        metavar="INT",
+        help="k, the most images of one patient, for the patient unit (default 1)",
+    )
+    privacy.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_config_flags(privacy, only=PRIVACY_FLAGS)
+    privacy.set_defaults(quiet=False)
     return parser
 
 
@@ -162,7 +212,10 @@ def _run(args: argparse.Namespace) -> int:
 
     values = load_yaml(args.config) if args.config else {}
     config = RunConfig.from_mapping(values | _overrides(args), source=str(args.config or "flags"))
-    name = f"{config.dataset}-{config.technique}-b{config.noise_scale:g}-seed{config.seed}"
+    noise = f"b{config.noise_scale:g}"
+    if config.target_epsilon is not None:
+        noise = f"eps{config.target_epsilon:g}-{config.unit}"
+    name = f"{config.dataset}-{config.technique}-{noise}-seed{config.seed}"
     out = args.out or Path("runs") / name
     summary = run_experiment(config, out, overwrite=args.overwrite).summary
     test = summary["test"]
@@ -222,12 +275,57 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _privacy(args: argparse.Namespace) -> int:
+    from dpmed.privacy import Unit
+    from dpmed.privacy.accounting import account
+
+    if args.image_size is None:
+        raise DpmedError("give --image-size, the side of the square images in pixels")
+    if args.images_per_patient < 1:
+        raise DpmedError(f"images_per_patient must be >= 1, got {args.images_per_patient}")
+    config = RunConfig.from_mapping(_overrides(args), source="flags")
+    size = config.resolved_image_size
+    report = account(
+        config.input_mechanism(),
+        pixels_per_image=size * size,
+        noise_scale=config.noise_scale,
+        target_epsilon=config.target_epsilon,
+        unit=Unit.parse(config.unit),
+        delta=config.delta,
+        images_per_patient=args.images_per_patient,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict() | {"image_size": size}, indent=2))
+        return 0
+    print(
+        f"{report.headline.mechanism} on {size}x{size} images: noise scale "
+        f"{report.noise_scale:.6g} (noise std {report.noise_std:.4g} per pixel)"
+        + (
+            f", calibrated to epsilon {config.target_epsilon:g} per {config.unit}"
+            if config.target_epsilon is not None
+            else ""
+        )
+    )
+    rows = [("unit", "epsilon", "delta")] + [
+        (g.unit, "inf" if g.epsilon is None else f"{g.epsilon:,.6g}", f"{g.delta:g}")
+        for g in report.by_unit.values()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"accounting: {report.headline.accounting}")
+    print("assumptions:\n" + "\n".join(f"  - {a}" for a in report.headline.assumptions))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:
         quiet()
     try:
-        return {"run": _run, "bench": _bench, "report": _report}[args.command](args)
+        return {"run": _run, "bench": _bench, "report": _report, "privacy": _privacy}[args.command](
+            args
+        )
     except DpmedError as exc:
         print(f"dpmed {args.command}: error: {exc}", file=sys.stderr)
         return 2

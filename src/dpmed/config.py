@@ -17,9 +17,11 @@ from typing import Any
 import yaml
 
 from dpmed.errors import ConfigError
+from dpmed.privacy import MECHANISMS, InputMechanism, Unit, build_mechanism
+from dpmed.privacy.postprocess import check_postprocess, parse_postprocess
 
 DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
-TECHNIQUES = ("none", "laplace")
+TECHNIQUES = ("none", *MECHANISMS)
 MODELS = ("resnet18", "resnet18-gn", "small-cnn")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -32,7 +34,13 @@ class RunConfig:
     dataset: str = "chest-xray"
     technique: str = "none"
     noise_scale: float = 0.0
+    target_epsilon: float | None = None
+    unit: str = "image"
+    delta: float = 0.0
+    cell_size: int | None = None
+    snapping: bool = False
     clip_after_release: bool = False
+    postprocess: str | None = None
     perturb_test: bool = True
     model: str = "resnet18"
     weights: str | None = None
@@ -60,6 +68,12 @@ class RunConfig:
     def resolved_image_size(self) -> int:
         return self.image_size or DATASETS[self.dataset]
 
+    def input_mechanism(self) -> InputMechanism | None:
+        """The technique's noise mechanism with its settings; None for technique none."""
+        if self.technique == "none":
+            return None
+        return build_mechanism(self.technique, self.to_dict())
+
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, source: str = "config") -> RunConfig:
         unknown = sorted(set(values) - set(_HINTS))
@@ -85,8 +99,18 @@ class RunConfig:
             raise ConfigError(
                 f"noise_scale must be >= 0 (0 means no noise), got {self.noise_scale}"
             )
-        if self.technique == "none" and self.noise_scale > 0:
-            raise ConfigError("noise_scale is set but technique is 'none'; use --technique laplace")
+        if self.technique == "none" and (self.noise_scale > 0 or self.target_epsilon is not None):
+            raise ConfigError(
+                "noise_scale or target_epsilon is set but technique is 'none'; "
+                f"use --technique {' or '.join(MECHANISMS)}"
+            )
+        if self.target_epsilon is not None and self.noise_scale > 0:
+            raise ConfigError("set noise_scale or target_epsilon, not both")
+        if self.target_epsilon is not None and self.target_epsilon <= 0:
+            raise ConfigError(f"target_epsilon must be > 0, got {self.target_epsilon:g}")
+        Unit.parse(self.unit)
+        self._check_mechanism()
+        check_postprocess(parse_postprocess(self.postprocess), self.resolved_image_size)
         for name in ("image_size", "max_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -102,6 +126,20 @@ class RunConfig:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.weights is not None and self.model != "resnet18":
             raise ConfigError("weights are only supported for model 'resnet18'")
+
+    def _check_mechanism(self) -> None:
+        if self.cell_size is not None and self.technique != "dppix":
+            raise ConfigError("cell_size is only for technique dppix")
+        if self.technique == "dppix" and self.cell_size is None:
+            raise ConfigError("technique dppix needs cell_size, the side of its square cells")
+        if self.snapping and self.technique != "laplace":
+            raise ConfigError("snapping is only for technique laplace")
+        mechanism = self.input_mechanism()
+        if mechanism is None:
+            if self.delta != 0:
+                raise ConfigError("delta is set but technique is 'none'")
+            return
+        mechanism.check(delta=self.delta, image_size=self.resolved_image_size)
 
 
 _HINTS = typing.get_type_hints(RunConfig)

@@ -24,7 +24,9 @@ from dpmed.config import RunConfig
 from dpmed.data import ImageDataset, load_dataset
 from dpmed.errors import ConfigError
 from dpmed.models import build_model
-from dpmed.privacy.laplace import laplace_guarantee, released_split
+from dpmed.privacy import Unit, released_split
+from dpmed.privacy.accounting import account
+from dpmed.privacy.postprocess import parse_postprocess, postprocess
 from dpmed.report.plots import learning_curve
 from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, fit
 from dpmed.train.metrics import METRICS
@@ -120,37 +122,54 @@ def run_experiment(
 def apply_technique(
     dataset: ImageDataset, config: RunConfig
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
-    """Per split the images the model sees (float in [0, 1] plus noise) and the guarantee."""
-    b = config.noise_scale
-    guarantees = laplace_guarantee(b, dataset.pixels_per_image)
-    per_image = guarantees["image"]
+    """Per split the images the model sees (float in [0, 1] plus noise, then the free
+    post-processing) and the `privacy` entry of the summary."""
+    mechanism = config.input_mechanism()
+    noisy = config.noise_scale > 0 or config.target_epsilon is not None
+    released = [s for s in dataset.splits if noisy and (s != "test" or config.perturb_test)]
+    images_per_patient, patient_note = _images_per_patient(dataset, released)
+    accounting = account(
+        mechanism,
+        pixels_per_image=dataset.pixels_per_image,
+        noise_scale=config.noise_scale,
+        target_epsilon=config.target_epsilon,
+        unit=Unit.parse(config.unit),
+        delta=config.delta,
+        images_per_patient=images_per_patient,
+        assumptions=(patient_note,),
+    )
+    steps = parse_postprocess(config.postprocess)
     inputs, hashes = {}, {}
     for split, data in dataset.splits.items():
-        if b > 0 and (split != "test" or config.perturb_test):
+        if split in released:
             images, hashes[split] = released_split(
-                data.images, noise_scale=b, seed=config.seed, dataset=config.dataset, split=split
+                data.images,
+                mechanism,
+                noise_scale=accounting.noise_scale,
+                seed=config.seed,
+                dataset=config.dataset,
+                split=split,
             )
             if config.clip_after_release:  # post-processing of the release: free
                 images = images.clip(0, 1)
         else:
             images = (data.images * np.float32(1 / 255)).astype(np.float16)
-        inputs[split] = (images, data.labels)
-    privacy = {
-        "mechanism": per_image.mechanism,
-        "noise_scale": b,
-        "unit": per_image.unit,
-        "epsilon": per_image.epsilon,
-        "delta": per_image.delta,
-        "epsilon_per_pixel": guarantees["pixel"].epsilon,
-        "epsilon_per_image": per_image.epsilon,
+        inputs[split] = (postprocess(images, steps, noise_std=accounting.noise_std), data.labels)
+    privacy = accounting.to_dict() | {
+        "postprocess": [str(step) for step in steps],
         "release_sha256": hashes,
         "perturbed_splits": sorted(hashes),
-        "accounting": per_image.accounting,
-        "assumptions": list(per_image.assumptions),
-        "description": per_image.describe()
-        + (f" (epsilon = {guarantees['pixel'].epsilon:g} per pixel)" if b > 0 else ""),
     }
     return inputs, privacy
+
+
+def _images_per_patient(dataset: ImageDataset, splits: list[str]) -> tuple[int, str]:
+    """k, the largest number of images of one patient in the released splits, and a note."""
+    if not dataset.patient_ids:
+        return 1, "the dataset has no patient ids: every image counts as its own patient (k = 1)"
+    patients = np.concatenate([dataset.splits[s].patients for s in splits or dataset.splits])
+    k = int(np.unique(patients, return_counts=True)[1].max())
+    return k, f"k = {k}: the most images of one patient in the released splits (patient ids)"
 
 
 def pick_device(name: str) -> torch.device:
@@ -191,5 +210,9 @@ def _write_run(folder: Path, config: RunConfig, records: list[EpochRecord], summ
                 + [r.metrics[s][m] for s in splits for m in METRICS]
             )
     (folder / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    title = f"{config.dataset}, {config.model}, b = {config.noise_scale:g}"
+    privacy = summary["privacy"]
+    title = (
+        f"{config.dataset}, {config.model}, {privacy['mechanism']} "
+        f"noise scale {privacy['noise_scale']:.3g}"
+    )
     learning_curve(records, summary["best_epoch"], folder / "learning_curve.png", title)

@@ -41,4 +41,3 @@ def test_bad_weights_files(tmp_path):
     torch.save({"layer.weight": torch.zeros(1)}, other)
     with pytest.raises(DataError, match="not a torchvision ResNet-18"):
         build_model("resnet18", weights=str(other))
-

@@ -36,6 +36,7 @@ class ImageSplit:
 class ImageDataset:
     name: str
     splits: dict[str, ImageSplit]
+    patient_ids: bool = True  # False: every image stands for its own patient
 
     @property
     def pixels_per_image(self) -> int:
@@ -77,7 +78,9 @@ def load_dataset(
             split: data.take(stratified_subsample(data.labels, max_images, seed))
             for split, data in splits.items()
         }
-    return ImageDataset(name, {split: splits[split] for split in SPLITS})
+    return ImageDataset(
+        name, {split: splits[split] for split in SPLITS}, patient_ids=name != "pneumoniamnist"
+    )
 
 
 def cached_arrays(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

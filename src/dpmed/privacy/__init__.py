@@ -1,6 +1,23 @@
-"""Privacy mechanisms and the guarantees they give."""
+"""Privacy mechanisms, the guarantees they give, and free post-processing of releases.
 
-from dpmed.privacy.guarantee import PrivacyGuarantee
-from dpmed.privacy.laplace import laplace_guarantee, release_laplace
+Importing this package registers every input mechanism (laplace, gaussian, dppix).
+"""
 
-__all__ = ["PrivacyGuarantee", "laplace_guarantee", "release_laplace"]
+from dpmed.privacy.dppix import DPPix
+from dpmed.privacy.gaussian import Gaussian
+from dpmed.privacy.guarantee import UNITS, PrivacyGuarantee, Unit
+from dpmed.privacy.laplace import Laplace
+from dpmed.privacy.mechanism import MECHANISMS, InputMechanism, build_mechanism, released_split
+
+__all__ = [
+    "MECHANISMS",
+    "UNITS",
+    "DPPix",
+    "Gaussian",
+    "InputMechanism",
+    "Laplace",
+    "PrivacyGuarantee",
+    "Unit",
+    "build_mechanism",
+    "released_split",
+]

@@ -1,89 +1,145 @@
 """The paper's input perturbation: Laplace(0, b) added once to every pixel in [0, 1].
 
-One pixel moves by at most 1, so each released pixel is (1/b)-DP; an image of d pixels
-differs from another in L1 norm by at most d, so the image is (d/b)-DP (Dwork & Roth
-2014, Thm 3.6). The noisy copy is a *release*: drawn once, saved, and reused by every
-epoch; clipping, augmentation or resizing it afterwards is post-processing and free.
+One pixel moves by at most 1, so each released pixel is (1/b)-DP; neighbours that differ
+in m pixels differ in L1 norm by at most m, so the release is (m/b)-DP for them: an image
+of d pixels is (d/b)-DP (Dwork & Roth 2014, Thm 3.6), a patient with k images (k d / b)-DP,
+which is group privacy, k times the image's epsilon.
+
+`snapping=True` gives the floating-point-safe variant for real releases. Textbook
+Laplace sampling in doubles leaves holes in the set of outputs that depend on the input,
+and an attacker can read the pixel from the low-order bits of the noisy value (Mironov
+2012). The snapping mechanism (Mironov 2012, Sec. 5.2) samples the noise from a uniform
+double over *all* doubles in (0, 1), rounds the sum to a multiple of Lambda (the smallest
+power of two >= b) and clamps it to [-B, B] around the pixel range's centre. It is
+epsilon-DP per pixel with epsilon = (1 + 12 B eta) / b + 2 eta, eta = 2^-53, for
+b < B < 2^46 b; here B = 2^20. Its output is coarse: multiples of Lambda.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import zlib
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from dpmed.data.images import atomic_write
-from dpmed.data.root import cache_dir
-from dpmed.privacy.guarantee import NO_PRIVACY, PrivacyGuarantee
+from dpmed.errors import ConfigError
+from dpmed.privacy.mechanism import ASSUMPTIONS, InputMechanism, register
 
-ASSUMPTIONS = (
-    "pixel values are scaled to [0, 1] before the noise (sensitivity 1 per pixel)",
-    "a pixel is one pixel of the image as released (after resizing)",
-    "labels and patient ids are released without noise and are not protected",
-    "the noise is drawn once per image; the release seed is kept secret",
-)
+ETA = 2.0**-53  # half the spacing of doubles in [1, 2): the relative rounding error
+SNAP_BOUND = 2.0**20  # B: the output clamp, far outside [0, 1]; costs 12 B eta ~ 1e-9
 
 
-def laplace_guarantee(noise_scale: float, pixels_per_image: int) -> dict[str, PrivacyGuarantee]:
-    """The guarantee at the pixel and the image unit; b = 0 gives none (epsilon infinite).
+@register("laplace")
+@dataclass(frozen=True)
+class Laplace(InputMechanism):
+    """Laplace(0, b) on every pixel: epsilon = changed pixels / b (pure DP).
 
-    >>> g = laplace_guarantee(2.0, 28 * 28)
-    >>> g["pixel"].epsilon, g["image"].epsilon
+    >>> mechanism = Laplace()
+    >>> mechanism.epsilon(2.0, changed_pixels=1, delta=0), mechanism.epsilon(
+    ...     2.0, changed_pixels=28 * 28, delta=0)
     (0.5, 392.0)
+    >>> mechanism.noise_scale(8.0, changed_pixels=28 * 28, delta=0)
+    98.0
     """
-    if noise_scale == 0:
-        return {"pixel": dataclasses.replace(NO_PRIVACY, unit="pixel"), "image": NO_PRIVACY}
-    return {
-        unit: PrivacyGuarantee(
-            mechanism="laplace",
-            unit=unit,
-            epsilon=sensitivity / noise_scale,
-            delta=0.0,
-            accounting=f"Laplace mechanism: epsilon = L1 sensitivity / b = {sensitivity} / b",
-            assumptions=ASSUMPTIONS,
+
+    snapping: bool = False
+
+    @property
+    def label(self) -> str:
+        return "laplace-snapped" if self.snapping else "laplace"
+
+    @property
+    def assumptions(self) -> tuple[str, ...]:
+        if not self.snapping:
+            return ASSUMPTIONS
+        return (
+            *ASSUMPTIONS,
+            "snapping: numpy's log is taken as correctly rounded, as Mironov's proof assumes "
+            "(it is accurate to about 1 ulp but not proven correctly rounded)",
         )
-        for unit, sensitivity in (("pixel", 1), ("image", pixels_per_image))
-    }
+
+    @property
+    def accounting(self) -> str:
+        if self.snapping:
+            return (
+                "snapping mechanism (Mironov 2012) per pixel: epsilon = changed pixels x "
+                "((1 + 12 B eta) / b + 2 eta), B = 2^20, eta = 2^-53 (basic composition)"
+            )
+        return "Laplace mechanism: epsilon = L1 sensitivity / b = changed pixels / b"
+
+    def epsilon(self, noise_scale: float, *, changed_pixels: int, delta: float) -> float:
+        if not self.snapping:
+            return changed_pixels / noise_scale
+        _check_snapping_range(noise_scale)
+        return changed_pixels * ((1 + 12 * SNAP_BOUND * ETA) / noise_scale + 2 * ETA)
+
+    def noise_scale(self, epsilon: float, *, changed_pixels: int, delta: float) -> float:
+        if not self.snapping:
+            return changed_pixels / epsilon
+        per_pixel = epsilon / changed_pixels
+        if per_pixel <= 2 * ETA:
+            raise ConfigError(f"epsilon {epsilon:g} is too small for snapping (below 2^-52)")
+        scale = (1 + 12 * SNAP_BOUND * ETA) / (per_pixel - 2 * ETA)
+        _check_snapping_range(scale)
+        return scale
+
+    def noise_std(self, noise_scale: float) -> float:
+        return float(np.sqrt(2) * noise_scale)
+
+    def release(
+        self, images: np.ndarray, noise_scale: float, rng: np.random.Generator
+    ) -> np.ndarray:
+        """uint8 images -> images / 255 + Laplace(0, b) noise, as float16 (rounding is free)."""
+        if self.snapping:
+            return snap(images * (1 / 255), noise_scale, rng).astype(np.float16)
+        noisy = rng.laplace(0.0, noise_scale, size=images.shape)
+        noisy += images * (1 / 255)
+        return noisy.astype(np.float16)
 
 
-def release_seed(seed: int, dataset: str, split: str, noise_scale: float) -> np.random.SeedSequence:
-    """Independent noise for every (dataset, split, b, seed): two releases never share draws
-    (sharing them across b would let anyone subtract the noise)."""
-    tag = zlib.crc32(f"{dataset}/{split}/{noise_scale!r}".encode())
-    return np.random.SeedSequence([seed, tag])
+def _check_snapping_range(noise_scale: float) -> None:
+    if not SNAP_BOUND / 2**46 < noise_scale < SNAP_BOUND:
+        raise ConfigError(
+            f"snapping needs a noise scale b between 2^-26 and 2^20, got {noise_scale:g}"
+        )
 
 
-def release_laplace(images: np.ndarray, noise_scale: float, rng: np.random.Generator) -> np.ndarray:
-    """uint8 images -> images / 255 + Laplace(0, b) noise, as float16 (rounding is free)."""
-    noisy = rng.laplace(0.0, noise_scale, size=images.shape)
-    noisy += images * (1 / 255)
-    return noisy.astype(np.float16)
+def snap(pixels: np.ndarray, noise_scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Mironov's snapping mechanism on values in [0, 1], vectorised (float64 out).
 
-
-def released_split(
-    images: np.ndarray, *, noise_scale: float, seed: int, dataset: str, split: str
-) -> tuple[np.ndarray, str]:
-    """The release of one split, drawn once and saved under the cache; (images, sha256).
-
-    The file is keyed by the clean images, b, seed and split, so every run that asks for
-    the same release gets the very same noisy copy.
+    clamp_B(round_Lambda((x - 1/2) + S * b * ln U)) + 1/2, with U uniform over all doubles
+    in (0, 1) (exponent from a geometric(1/2) draw, 52 random mantissa bits), S a random
+    sign, Lambda the smallest power of two >= b, ties rounded up.
     """
-    digest = hashlib.sha256(images.tobytes()).hexdigest()[:16]
-    name = f"{dataset}-{split}-b{noise_scale:g}-seed{seed}-{digest}.npy"
-    path = cache_dir() / "releases" / name
-    if not path.exists():
-        rng = np.random.default_rng(release_seed(seed, dataset, split, noise_scale))
-        noisy = release_laplace(images, noise_scale, rng)
-        atomic_write(path, lambda handle: np.save(handle, noisy))
-    return np.load(path), file_sha256(path)
+    uniform = uniform_doubles(rng, pixels.shape)
+    sign = np.where(rng.bit_generator.random_raw(pixels.shape) & np.uint64(1), 1.0, -1.0)
+    noisy = (pixels - 0.5) + sign * noise_scale * np.log(uniform)
+    grid = power_of_two_above(noise_scale)  # Lambda
+    steps = np.floor(noisy / grid)  # division by a power of two is exact
+    steps += noisy / grid - steps >= 0.5
+    return np.clip(steps * grid, -SNAP_BOUND, SNAP_BOUND) + 0.5
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def uniform_doubles(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform over all doubles in (0, 1), each with the mass of the interval it stands for.
+
+    numpy's random() only gives multiples of 2^-53; here the exponent comes from the
+    trailing zeros of a 64-bit draw (geometric(1/2)) and the mantissa from 52 more bits
+    (Mironov 2012, Sec. 5.2; Python's `random` docs recipe).
+    """
+    mantissa_bits, exponent_bits = rng.bit_generator.random_raw((2, *shape))
+    mantissa = ((mantissa_bits >> np.uint64(12)) | np.uint64(1 << 52)).astype(np.float64)
+    lowest_set = exponent_bits & (~exponent_bits + np.uint64(1))
+    with np.errstate(divide="ignore"):
+        zeros = np.log2(lowest_set.astype(np.float64))  # exact: a power of two (or -inf)
+    zeros = np.where(exponent_bits == 0, 64, zeros).astype(np.int64)
+    return np.ldexp(mantissa, -53 - zeros)  # in [2^-(z+1), 2^-z), P(z) = 2^-(z+1)
+
+
+def power_of_two_above(value: float) -> float:
+    """The smallest power of two >= value, exactly.
+
+    >>> power_of_two_above(3.0), power_of_two_above(4.0), power_of_two_above(0.3)
+    (4.0, 4.0, 0.5)
+    """
+    fraction, exponent = np.frexp(value)  # value = fraction * 2^exponent, fraction in [.5, 1)
+    return float(np.ldexp(1.0, int(exponent) - (fraction == 0.5)))

@@ -1,0 +1,192 @@
+"""Input perturbation: a noise mechanism applied once to every image, and its release.
+
+An `InputMechanism` turns clean uint8 images into a noisy *release* and says what that
+release guarantees. Every mechanism here treats an image as a vector of pixels in [0, 1]:
+neighbouring data sets differ in `changed_pixels` pixels (one, m, a whole image, or all
+images of a patient, see `Unit`), each by at most 1, and the mechanism's sensitivity and
+epsilon follow from that number. Calibration goes both ways: `epsilon(noise_scale)` and
+`noise_scale(epsilon)`, each the exact inverse of the other.
+
+Mechanisms register themselves by name (`@register("laplace")`); their settings are
+dataclass fields named like the `RunConfig` fields that hold them (`cell_size`,
+`snapping`), so a new mechanism plugs in without touching the training loop.
+
+The noisy copy is a release: drawn once per (dataset, split, mechanism and its settings,
+noise scale, seed) from its own noise stream, saved under the cache and reused by every
+epoch and every run that asks for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from dpmed.data.images import atomic_write
+from dpmed.data.root import cache_dir
+from dpmed.errors import ConfigError
+from dpmed.privacy.guarantee import NO_PRIVACY, PrivacyGuarantee, Unit
+
+ASSUMPTIONS = (
+    "pixel values are scaled to [0, 1] before the noise (each pixel moves by at most 1)",
+    "a pixel is one pixel of the image as released (after resizing)",
+    "neighbouring data sets replace one unit's data; the number of images is public",
+    "labels and patient ids are released without noise and are not protected",
+    "the noise is drawn once per image; the release seed is kept secret",
+)
+
+MECHANISMS: dict[str, type[InputMechanism]] = {}
+_M = TypeVar("_M", bound="type[InputMechanism]")
+
+
+def register(name: str) -> Callable[[_M], _M]:
+    """Class decorator: make an `InputMechanism` available as technique `name`."""
+
+    def add(cls: _M) -> _M:
+        cls.name = name
+        MECHANISMS[name] = cls
+        return cls
+
+    return add
+
+
+@dataclass(frozen=True)
+class InputMechanism(ABC):
+    """Noise added once to every image; its calibration in both directions.
+
+    Subclasses are frozen dataclasses whose fields are the mechanism's settings.
+    `noise_scale` is the mechanism's own scale parameter (Laplace b, Gaussian sigma).
+    """
+
+    name: ClassVar[str]
+    approximate: ClassVar[bool] = False  # True: (epsilon, delta)-DP with delta > 0
+
+    @abstractmethod
+    def epsilon(self, noise_scale: float, *, changed_pixels: int, delta: float) -> float:
+        """Epsilon when neighbours differ in `changed_pixels` pixels (noise_scale > 0)."""
+
+    @abstractmethod
+    def noise_scale(self, epsilon: float, *, changed_pixels: int, delta: float) -> float:
+        """The smallest noise scale giving `epsilon` (> 0) for `changed_pixels`."""
+
+    @abstractmethod
+    def release(
+        self, images: np.ndarray, noise_scale: float, rng: np.random.Generator
+    ) -> np.ndarray:
+        """uint8 images (N, H, W) -> the noisy release (N, H, W) float16, pixels in [0, 1]."""
+
+    @abstractmethod
+    def noise_std(self, noise_scale: float) -> float:
+        """Standard deviation of the noise on one released pixel (public: for denoisers)."""
+
+    @property
+    @abstractmethod
+    def accounting(self) -> str:
+        """How epsilon is computed, as a formula a reader can check."""
+
+    @property
+    def assumptions(self) -> tuple[str, ...]:
+        """What the guarantee relies on."""
+        return ASSUMPTIONS
+
+    @property
+    def label(self) -> str:
+        """The mechanism and its settings, e.g. `dppix-cell4` (file names, tables)."""
+        return self.name
+
+    def check(self, *, delta: float, image_size: int) -> None:
+        """Refuse settings under which the guarantee would not hold (ConfigError)."""
+        if self.approximate and not 0 < delta < 1:
+            raise ConfigError(
+                f"{self.name} needs delta in (0, 1), got {delta:g}; "
+                "e.g. --delta 1e-5 (well below 1 / number of images)"
+            )
+        if not self.approximate and delta != 0:
+            raise ConfigError(
+                f"{self.name} is pure epsilon-DP: delta must be 0, got {delta:g} "
+                "(delta is for technique gaussian)"
+            )
+
+    def guarantee(
+        self, noise_scale: float, unit: Unit, *, pixels_per_image: int, delta: float
+    ) -> PrivacyGuarantee:
+        """The guarantee of a release with `noise_scale` at `unit`; 0 gives none."""
+        if noise_scale == 0:
+            return dataclasses.replace(NO_PRIVACY, unit=str(unit), mechanism=self.label)
+        changed = unit.changed_pixels(pixels_per_image)
+        return PrivacyGuarantee(
+            mechanism=self.label,
+            unit=str(unit),
+            epsilon=self.epsilon(noise_scale, changed_pixels=changed, delta=delta),
+            delta=delta,
+            accounting=f"{self.accounting}; {unit} = {changed} changed pixels",
+            assumptions=self.assumptions,
+        )
+
+    def calibrate(
+        self, target_epsilon: float, unit: Unit, *, pixels_per_image: int, delta: float
+    ) -> float:
+        """The noise scale that gives `target_epsilon` per `unit`."""
+        if not target_epsilon > 0:
+            raise ConfigError(f"target_epsilon must be > 0, got {target_epsilon:g}")
+        changed = unit.changed_pixels(pixels_per_image)
+        return self.noise_scale(target_epsilon, changed_pixels=changed, delta=delta)
+
+
+def build_mechanism(name: str, settings: Mapping[str, Any]) -> InputMechanism:
+    """The mechanism registered as `name`, its fields read from `settings` (a config dict).
+
+    >>> build_mechanism("dppix", {"cell_size": 4, "snapping": False}).label
+    'dppix-cell4'
+    """
+    if name not in MECHANISMS:
+        raise ConfigError(f"unknown mechanism {name!r}; choose one of: {', '.join(MECHANISMS)}")
+    cls = MECHANISMS[name]
+    return cls(**{field.name: settings[field.name] for field in dataclasses.fields(cls)})
+
+
+def release_seed(seed: int, dataset: str, split: str, setting: str) -> np.random.SeedSequence:
+    """Independent noise for every (dataset, split, setting, seed): two releases never
+    share draws (sharing them across noise scales would let anyone subtract the noise)."""
+    tag = hashlib.sha256(f"{dataset}/{split}/{setting}".encode()).digest()[:16]
+    return np.random.SeedSequence([seed, int.from_bytes(tag, "big")])
+
+
+def released_split(
+    images: np.ndarray,
+    mechanism: InputMechanism,
+    *,
+    noise_scale: float,
+    seed: int,
+    dataset: str,
+    split: str,
+) -> tuple[np.ndarray, str]:
+    """The release of one split, drawn once and saved under the cache; (images, sha256).
+
+    The file is keyed by the clean images, the mechanism and its settings, the noise
+    scale, the seed and the split, so every run that asks for the same release gets the
+    very same noisy copy.
+    """
+    setting = f"{mechanism!r}/{noise_scale!r}"
+    digest = hashlib.sha256(images.tobytes() + setting.encode()).hexdigest()[:16]
+    name = f"{dataset}-{split}-{mechanism.label}-scale{noise_scale:.4g}-seed{seed}-{digest}.npy"
+    path = cache_dir() / "releases" / name
+    if not path.exists():
+        rng = np.random.default_rng(release_seed(seed, dataset, split, setting))
+        noisy = mechanism.release(images, noise_scale, rng)
+        atomic_write(path, lambda handle: np.save(handle, noisy))
+    return np.load(path), file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
