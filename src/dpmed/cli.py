@@ -27,10 +27,17 @@ FLAG_HELP = {
     "technique": f"privacy technique: {', '.join(TECHNIQUES)} (default none)",
     "noise_scale": "noise scale on pixels in [0,1]: Laplace b, Gaussian sigma, DP-Pix b per "
     "cell (0 = no noise)",
-    "target_epsilon": "calibrate the noise to this epsilon per --unit instead of --noise-scale",
+    "target_epsilon": "calibrate the noise to this epsilon per --unit instead of --noise-scale "
+    "(dp-sgd: per training image, never exceeded)",
     "unit": "what one record is: pixel, <m>-pixels (e.g. 16-pixels), image, patient "
     "(default image)",
-    "delta": "delta of (epsilon, delta)-DP: gaussian needs it (e.g. 1e-5), others take 0",
+    "delta": "delta of (epsilon, delta)-DP: gaussian needs it (e.g. 1e-5); dp-sgd: 0 means "
+    "1/N^1.1; laplace and dppix take 0",
+    "noise_multiplier": "dp-sgd: noise std / clipping norm (instead of --target-epsilon)",
+    "max_grad_norm": "dp-sgd: per-image gradient clipping norm (default 1.0)",
+    "accountant": "dp-sgd: privacy accountant, prv or rdp (default prv)",
+    "physical_batch_size": "dp-sgd: images per forward pass; the logical batch is --batch-size",
+    "grad_sample_mode": "dp-sgd: Opacus per-image gradients: hooks, functorch or ew",
     "cell_size": "dppix: side of the square cells averaged before the noise (divides the size)",
     "snapping": "laplace: floating-point-safe snapping mechanism (Mironov 2012) for real releases",
     "clip_after_release": "clip the released images to [0,1] (post-processing, free)",

@@ -18,10 +18,11 @@ import yaml
 
 from dpmed.errors import ConfigError
 from dpmed.privacy import MECHANISMS, InputMechanism, Unit, build_mechanism
+from dpmed.privacy.dpsgd import ACCOUNTANTS, GRAD_SAMPLE_MODES
 from dpmed.privacy.postprocess import check_postprocess, parse_postprocess
 
 DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
-TECHNIQUES = ("none", *MECHANISMS)
+TECHNIQUES = ("none", *MECHANISMS, "dp-sgd")
 MODELS = ("resnet18", "resnet18-gn", "small-cnn")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -37,6 +38,11 @@ class RunConfig:
     target_epsilon: float | None = None
     unit: str = "image"
     delta: float = 0.0
+    noise_multiplier: float | None = None
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    physical_batch_size: int | None = None
+    grad_sample_mode: str = "hooks"
     cell_size: int | None = None
     snapping: bool = False
     clip_after_release: bool = False
@@ -70,7 +76,7 @@ class RunConfig:
 
     def input_mechanism(self) -> InputMechanism | None:
         """The technique's noise mechanism with its settings; None for technique none."""
-        if self.technique == "none":
+        if self.technique in ("none", "dp-sgd"):
             return None
         return build_mechanism(self.technique, self.to_dict())
 
@@ -109,7 +115,10 @@ class RunConfig:
         if self.target_epsilon is not None and self.target_epsilon <= 0:
             raise ConfigError(f"target_epsilon must be > 0, got {self.target_epsilon:g}")
         Unit.parse(self.unit)
-        self._check_mechanism()
+        if self.technique == "dp-sgd":
+            self._check_dpsgd()
+        else:
+            self._check_mechanism()
         check_postprocess(parse_postprocess(self.postprocess), self.resolved_image_size)
         for name in ("image_size", "max_images"):
             value = getattr(self, name)
@@ -140,6 +149,28 @@ class RunConfig:
                 raise ConfigError("delta is set but technique is 'none'")
             return
         mechanism.check(delta=self.delta, image_size=self.resolved_image_size)
+
+    def _check_dpsgd(self) -> None:
+        """DP-SGD settings: a target epsilon per image or a noise multiplier, not both."""
+        _choice("accountant", self.accountant, ACCOUNTANTS)
+        _choice("grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ConfigError("technique dp-sgd needs --target-epsilon or --noise-multiplier, one")
+        if self.noise_scale > 0 or self.cell_size is not None or self.snapping:
+            raise ConfigError("noise_scale, cell_size and snapping are for input noise, not dp-sgd")
+        if self.unit != "image":
+            raise ConfigError(
+                "dp-sgd protects training images: --unit must be image "
+                "(the patient-level guarantee is reported by group privacy)"
+            )
+        if self.noise_multiplier is not None and self.noise_multiplier <= 0:
+            raise ConfigError(f"noise_multiplier must be > 0, got {self.noise_multiplier:g}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm:g}")
+        if not 0 <= self.delta < 1:
+            raise ConfigError(f"delta must lie in [0, 1) (0 = 1/N^1.1), got {self.delta:g}")
+        if self.physical_batch_size is not None and self.physical_batch_size < 1:
+            raise ConfigError("physical_batch_size must be a positive integer")
 
 
 _HINTS = typing.get_type_hints(RunConfig)

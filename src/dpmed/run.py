@@ -26,6 +26,7 @@ from dpmed.errors import ConfigError
 from dpmed.models import build_model
 from dpmed.privacy import Unit, released_split
 from dpmed.privacy.accounting import account
+from dpmed.privacy.dpsgd import check_trainable, dpsgd_privacy, plan_dpsgd
 from dpmed.privacy.postprocess import parse_postprocess, postprocess
 from dpmed.report.plots import learning_curve
 from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, fit
@@ -73,7 +74,27 @@ def run_experiment(
         + f" images; {model_init}"
     )
     inputs, privacy = apply_technique(dataset, config)
-    log(f"privacy: {privacy['description']}")
+    dp = None
+    if config.technique == "dp-sgd":
+        check_trainable(model)
+        dp = plan_dpsgd(
+            n_train=len(dataset.splits["train"]),
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            target_epsilon=config.target_epsilon,
+            noise_multiplier=config.noise_multiplier,
+            delta=config.delta,
+            max_grad_norm=config.max_grad_norm,
+            accountant=config.accountant,
+            physical_batch_size=config.physical_batch_size,
+            grad_sample_mode=config.grad_sample_mode,
+        )
+        log(
+            f"privacy: DP-SGD with noise multiplier {dp.noise_multiplier:.4g}, clipping "
+            f"{dp.max_grad_norm:g}, sample rate {dp.sample_rate:.4g}, delta {dp.delta:.3g}"
+        )
+    else:
+        log(f"privacy: {privacy['description']}")
 
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -86,7 +107,15 @@ def run_experiment(
             device=device,
             checkpoint=staging / "best.pt",
             on_epoch=on_epoch,
+            dp=dp,
         )
+        if dp:
+            privacy |= dpsgd_privacy(
+                dp,
+                target_epsilon=config.target_epsilon,
+                images_per_patient=privacy["images_per_patient"],
+                assumptions=privacy["assumptions"],
+            )
         best = best_epoch(records)
         summary = {
             "dataset": config.dataset,
@@ -124,15 +153,16 @@ def apply_technique(
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Per split the images the model sees (float in [0, 1] plus noise, then the free
     post-processing) and the `privacy` entry of the summary."""
-    mechanism = config.input_mechanism()
-    noisy = config.noise_scale > 0 or config.target_epsilon is not None
+    mechanism = config.input_mechanism()  # None for none and dp-sgd: no input noise
+    noisy = mechanism is not None and (config.noise_scale > 0 or config.target_epsilon is not None)
     released = [s for s in dataset.splits if noisy and (s != "test" or config.perturb_test)]
-    images_per_patient, patient_note = _images_per_patient(dataset, released)
+    protected = ["train"] if config.technique == "dp-sgd" else released
+    images_per_patient, patient_note = _images_per_patient(dataset, protected)
     accounting = account(
         mechanism,
         pixels_per_image=dataset.pixels_per_image,
         noise_scale=config.noise_scale,
-        target_epsilon=config.target_epsilon,
+        target_epsilon=config.target_epsilon if mechanism else None,
         unit=Unit.parse(config.unit),
         delta=config.delta,
         images_per_patient=images_per_patient,
@@ -211,8 +241,8 @@ def _write_run(folder: Path, config: RunConfig, records: list[EpochRecord], summ
             )
     (folder / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     privacy = summary["privacy"]
-    title = (
-        f"{config.dataset}, {config.model}, {privacy['mechanism']} "
-        f"noise scale {privacy['noise_scale']:.3g}"
+    epsilon = privacy["epsilon_per_image"]
+    title = f"{config.dataset}, {config.model}, {config.technique}" + (
+        f", epsilon {epsilon:,.3g} per image" if epsilon is not None else ""
     )
     learning_curve(records, summary["best_epoch"], folder / "learning_curve.png", title)

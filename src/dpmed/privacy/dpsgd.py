@@ -24,6 +24,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmed.errors import ConfigError
+from dpmed.privacy.guarantee import PrivacyGuarantee
 
 ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")  # how Opacus computes per-example gradients
@@ -119,3 +120,94 @@ class DPSGD:
 
     def epsilon(self) -> float:
         return float(self.accountant.get_epsilon(delta=self.delta)) if self.steps else 0.0
+
+
+ASSUMPTIONS = (
+    "one unit is one training image with its label (add/remove adjacency)",
+    "batches are Poisson samples of the training set, as the accountant assumes",
+    "every intermediate model is covered; validation and test images are not training data",
+    "hyper-parameters are not tuned on the training images (tuning on them is not accounted)",
+)
+
+
+def plan_dpsgd(
+    *,
+    n_train: int,
+    batch_size: int,
+    epochs: int,
+    target_epsilon: float | None,
+    noise_multiplier: float | None,
+    delta: float,
+    max_grad_norm: float,
+    accountant: str,
+    physical_batch_size: int | None,
+    grad_sample_mode: str = "hooks",
+) -> DPSGD:
+    """DP-SGD for `n_train` images: sample rate batch/N, delta (0 -> 1/N^1.1), and the
+    noise multiplier given or calibrated so that `target_epsilon` is never exceeded."""
+    if batch_size > n_train:
+        raise ConfigError(
+            f"batch_size {batch_size} is larger than the {n_train} training images; lower it"
+        )
+    sample_rate = batch_size / n_train
+    delta = delta or default_delta(n_train)
+    if noise_multiplier is None:
+        noise_multiplier = calibrate_noise(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=steps_for(epochs, sample_rate),
+            accountant=accountant,
+        )
+    return DPSGD(
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        sample_rate=sample_rate,
+        delta=delta,
+        accountant_name=accountant,
+        physical_batch_size=physical_batch_size or batch_size,
+        grad_sample_mode=grad_sample_mode,
+    )
+
+
+def dpsgd_privacy(
+    dp: DPSGD,
+    *,
+    target_epsilon: float | None,
+    images_per_patient: int,
+    assumptions: list[str] = (),
+) -> dict:
+    """The `privacy` entry of summary.json after training: the epsilon actually spent per
+    image, and per patient by group privacy: (k eps, k e^((k-1) eps) delta)."""
+    epsilon, k = dp.epsilon(), images_per_patient
+    patient_delta = min(1.0, k * math.exp(min((k - 1) * epsilon, 700)) * dp.delta)
+    image = PrivacyGuarantee(
+        mechanism="dp-sgd",
+        unit="image",
+        epsilon=epsilon,
+        delta=dp.delta,
+        accounting=f"Opacus {dp.accountant_name.upper()} accountant over {dp.steps} steps "
+        f"(noise multiplier {dp.noise_multiplier:.4g}, sample rate {dp.sample_rate:.4g})",
+        assumptions=ASSUMPTIONS + tuple(assumptions),
+    )
+    return {
+        "mechanism": "dp-sgd",
+        "noise_multiplier": dp.noise_multiplier,
+        "max_grad_norm": dp.max_grad_norm,
+        "sample_rate": dp.sample_rate,
+        "steps": dp.steps,
+        "accountant": dp.accountant_name,
+        "target_epsilon": target_epsilon,
+        "unit": "image",
+        "epsilon": epsilon,
+        "delta": dp.delta,
+        "epsilon_per_pixel": None,  # the image guarantee covers every part of the image
+        "epsilon_per_image": epsilon,
+        "epsilon_per_patient": k * epsilon,
+        "delta_per_patient": patient_delta,
+        "images_per_patient": k,
+        "accounting": image.accounting,
+        "assumptions": list(image.assumptions),
+        "description": f"{image.describe()} (per patient of up to {k} images: epsilon = "
+        f"{k * epsilon:.4g}, delta = {patient_delta:.3g})",
+    }
