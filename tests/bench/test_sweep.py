@@ -58,3 +58,23 @@ def test_bad_sweeps_are_refused(spec, message):
 def test_missing_preset_names_the_presets():
     with pytest.raises(ConfigError, match="no preset or sweep file 'papr'.*paper-quick"):
         load_sweep("papr")
+
+
+def test_a_list_of_grids_joins_their_runs_once_each():
+    spec = {
+        "base": {"epochs": 1},
+        "grid": [
+            {"technique": ["none"], "seed": [0, 1]},
+            {"technique": ["laplace"], "noise_scale": [1, 2], "seed": [0]},
+            {"technique": ["none"], "seed": [1]},  # already planned: not twice
+        ],
+    }
+    runs = Sweep.from_mapping(spec, name="s").runs()
+    assert [r.name for r in runs] == [
+        "technique=none,seed=0",
+        "technique=none,seed=1",
+        "technique=laplace,noise_scale=1,seed=0",
+        "technique=laplace,noise_scale=2,seed=0",
+    ]
+    with pytest.raises(ConfigError, match="empty grid"):
+        Sweep.from_mapping({"base": {}, "grid": [{"seed": [0]}, {}]}, name="s")

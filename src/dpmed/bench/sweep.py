@@ -1,7 +1,8 @@
 """Sweep specs: a base config and a grid, expanded into runs with stable ids.
 
 A spec is a YAML mapping with `base` (settings shared by every run), `grid` (setting ->
-list of values; every combination is one run) and optional `description`. Presets ship
+list of values; every combination is one run; or a list of such grids, whose runs are
+joined, for techniques that take different settings) and optional `description`. Presets ship
 in `dpmed/presets/<name>.yaml`; any other spec is a path to a YAML file.
 
 >>> spec = Sweep.from_mapping({"base": {"epochs": 2}, "grid": {"seed": [0, 1]}}, name="demo")
@@ -42,7 +43,7 @@ class Sweep:
     name: str
     description: str
     base: dict[str, Any]
-    grid: dict[str, list[Any]]
+    grids: list[dict[str, list[Any]]]
 
     @classmethod
     def from_mapping(cls, spec: Any, *, name: str) -> Sweep:
@@ -54,31 +55,39 @@ class Sweep:
             raise ConfigError(
                 f"unknown key {unknown[0]!r} in sweep {name}; allowed: {', '.join(SPEC_KEYS)}"
             )
-        base, grid = spec.get("base") or {}, spec.get("grid") or {}
-        if not isinstance(base, dict) or not isinstance(grid, dict):
+        base, grids = spec.get("base") or {}, spec.get("grid") or {}
+        grids = grids if isinstance(grids, list) else [grids]
+        if not isinstance(base, dict) or not all(isinstance(g, dict) for g in grids):
             raise ConfigError(f"sweep {name}: base and grid must be mappings")
-        if not grid:
+        if not all(grids):
             raise ConfigError(f"sweep {name} has an empty grid; give at least one setting")
-        for key, values in grid.items():
+        for key, values in (item for grid in grids for item in grid.items()):
             if not isinstance(values, list) or not values:
                 raise ConfigError(
                     f"sweep {name}: grid.{key} must be a non-empty list of values, got {values!r}"
                 )
-        sweep = cls(name, str(spec.get("description", "")), base, grid)
+        sweep = cls(name, str(spec.get("description", "")), base, grids)
         sweep.runs()  # every combination must be a valid config
         return sweep
 
     def runs(self, overrides: dict[str, Any] | None = None) -> list[PlannedRun]:
-        """Every combination of the grid over the base; `overrides` beat the base."""
-        planned = []
-        for values in itertools.product(*self.grid.values()):
-            point = dict(zip(self.grid, values, strict=True))
+        """Every combination of each grid over the base (each run once); `overrides` beat
+        the base."""
+        planned: dict[str, PlannedRun] = {}
+        points = (
+            dict(zip(grid, values, strict=True))
+            for grid in self.grids
+            for values in itertools.product(*grid.values())
+        )
+        for point in points:
             config = RunConfig.from_mapping(
                 self.base | (overrides or {}) | point, source=f"sweep {self.name}"
             )
             name = ",".join(f"{key}={value}" for key, value in point.items())
-            planned.append(PlannedRun(run_id(config), name, _with_absolute_paths(config)))
-        return planned
+            planned.setdefault(
+                run_id(config), PlannedRun(run_id(config), name, _with_absolute_paths(config))
+            )
+        return list(planned.values())
 
 
 def run_id(config: RunConfig) -> str:

@@ -108,7 +108,8 @@ def _mean_curve(curves: list[dict[str, list[float]]]) -> dict[str, list[float]]:
 
 def _frontier_lines(groups: list[tables.Group], runs) -> dict[str, list[dict]]:
     """One line per setting other than the noise level."""
-    varying = [k for k in tables.varying_settings(runs) if k != "noise_scale"]
+    noise_levels = {"noise_scale", "target_epsilon", "noise_multiplier"}
+    varying = [k for k in tables.varying_settings(runs) if k not in noise_levels]
     lines: dict[str, list[dict]] = {}
     for g in groups:
         label = ", ".join(f"{k}={g.settings[k]}" for k in varying) or g.settings["technique"]
