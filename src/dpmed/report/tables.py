@@ -137,7 +137,7 @@ def timing_table(runs: list[dict[str, Any]]) -> list[list[str]]:
             [
                 r["name"],
                 str(r["summary"]["best_epoch"]),
-                f"{timing['total_seconds']:.0f}",
+                f"{timing['total_seconds']:.1f}",
                 f"{timing['train_images_per_second']:.0f}",
             ]
         )
