@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import best_of
 
 from dpmed.privacy import DPPix, Gaussian, Laplace
 from dpmed.privacy.dppix import cell_means
@@ -29,16 +29,6 @@ from dpmed.privacy.mechanism import InputMechanism
 from dpmed.privacy.reference import diffprivlib_mechanisms
 
 DELTA = 1e-5
-
-
-def best_of(repeats: int, work) -> float:
-    """The fastest of `repeats` timings of work(), in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def diffprivlib_rate(mechanism: InputMechanism, scale: float, images: np.ndarray) -> float:

@@ -19,21 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import best_of
 
 from dpmed.models import build_model
 from dpmed.privacy import Laplace
 from dpmed.progress import quiet
 from dpmed.train.loop import PIXEL_MEAN, PIXEL_STD, TrainSettings, fit
-
-
-def best_of(repeats: int, work) -> float:
-    """The fastest of `repeats` timings of work(), in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def release_speed(n_images: int = 2000, size: int = 64) -> dict:

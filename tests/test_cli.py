@@ -156,6 +156,10 @@ def test_privacy_calibrates_to_a_target_epsilon(capsys):
     assert report["noise_scale"] == 2.0 and report["unit"] == "16-pixels"
 
 
+DP_SGD = ["--technique", "dp-sgd", "--target-epsilon", "1"]
+PMNIST_50 = ["--dataset", "pneumoniamnist", "--data-root", "{real}", "--max-images", "50"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -288,39 +292,11 @@ def corrupt_root(kermany_root):
             "needs --target-epsilon or --noise-multiplier, one",
         ),
         (
-            [
-                "--technique",
-                "dp-sgd",
-                "--target-epsilon",
-                "1",
-                "--dataset",
-                "pneumoniamnist",
-                "--data-root",
-                "{real}",
-                "--max-images",
-                "50",
-                "--batch-size",
-                "64",
-                "--model",
-                "small-cnn",
-            ],
+            [*DP_SGD, *PMNIST_50, "--batch-size", "64", "--model", "small-cnn"],
             "batch_size 64 is larger than the 50 training images",
         ),
         (
-            [
-                "--technique",
-                "dp-sgd",
-                "--target-epsilon",
-                "1",
-                "--dataset",
-                "pneumoniamnist",
-                "--data-root",
-                "{real}",
-                "--max-images",
-                "50",
-                "--batch-size",
-                "16",
-            ],
+            [*DP_SGD, *PMNIST_50, "--batch-size", "16"],
             "DP-SGD cannot train this model: .*BatchNorm",
         ),
     ],
