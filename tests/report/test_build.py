@@ -53,3 +53,12 @@ def test_report_from_a_real_sweep(tmp_path, tiny_sweep, capsys):
 def test_report_without_a_database_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no results database" in capsys.readouterr().err
+
+
+def test_epsilon_text_tells_no_noise_from_a_unit_not_reported():
+    from dpmed.report.tables import epsilon_text
+
+    assert epsilon_text({"epsilon": None, "epsilon_per_pixel": None}, "pixel") == "inf (no noise)"
+    dp_sgd = {"epsilon": 0.5, "epsilon_per_image": 0.5, "epsilon_per_pixel": None}
+    assert epsilon_text(dp_sgd, "pixel") == "n/a"
+    assert epsilon_text(dp_sgd, "image") == "0.5"

@@ -115,6 +115,7 @@ def _frontier_lines(groups: list[tables.Group], runs) -> dict[str, list[dict]]:
         label = ", ".join(f"{k}={g.settings[k]}" for k in varying) or g.settings["technique"]
         privacy = g.runs[0]["summary"]["privacy"]
         point = {f"epsilon_per_{u}": privacy.get(f"epsilon_per_{u}") for u in ("image", "pixel")}
+        point["no_privacy"] = privacy.get("epsilon") is None
         for metric in ("accuracy", "roc_auc"):
             values = g.values("test", metric) or [float("nan")]
             point[metric] = statistics.fmean(values)

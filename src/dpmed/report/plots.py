@@ -66,7 +66,8 @@ def frontier(lines: dict[str, list[dict]], path: Path) -> None:
     """Privacy-utility frontier: test accuracy and ROC-AUC against epsilon (log x), per
     image on top and per pixel below where reported. `lines` maps a technique to points
     {"epsilon_per_image", "epsilon_per_pixel", "accuracy", "roc_auc"} (mean over seeds,
-    with "*_sd"); a point without epsilon (no noise) is drawn as a dotted level."""
+    with "*_sd", and "no_privacy"); a point without any guarantee (no noise) is drawn as a
+    dotted level, a technique that reports no epsilon at a unit is left out there."""
     units = ["image"] + (
         ["pixel"] if any(p["epsilon_per_pixel"] for ps in lines.values() for p in ps) else []
     )
@@ -92,7 +93,7 @@ def frontier(lines: dict[str, list[dict]], path: Path) -> None:
                         label=label,
                     )
                 for p in points:
-                    if not p[f"epsilon_per_{unit}"]:
+                    if p["no_privacy"]:
                         ax.axhline(
                             scale * p[metric],
                             color=f"C{i}",

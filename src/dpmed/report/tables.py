@@ -84,8 +84,8 @@ def summary_table(groups: list[Group]) -> list[list[str]]:
                 g.mean_sd("test", "sensitivity", digits=3),
                 g.mean_sd("test", "specificity", digits=3),
                 g.mean_sd("train", "accuracy", scale=100),
-                epsilon_text(privacy.get("epsilon_per_image")),
-                epsilon_text(privacy.get("epsilon_per_pixel")),
+                epsilon_text(privacy, "image"),
+                epsilon_text(privacy, "pixel"),
             ]
         )
     return rows
@@ -121,10 +121,7 @@ def paper_table(groups: list[Group]) -> list[list[str]]:
     for unit in ("pixel", "image"):
         rows.append(
             [f"epsilon per {unit}"]
-            + [
-                epsilon_text(g.runs[0]["summary"]["privacy"][f"epsilon_per_{unit}"])
-                for g in by_scale
-            ]
+            + [epsilon_text(g.runs[0]["summary"]["privacy"], unit) for g in by_scale]
         )
     return rows
 
@@ -144,8 +141,13 @@ def timing_table(runs: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def epsilon_text(value: float | None) -> str:
-    return "inf (no noise)" if value is None else f"{value:,.6g}"
+def epsilon_text(privacy: dict[str, Any], unit: str) -> str:
+    """Epsilon per `unit`: "inf" when no noise at all, "n/a" when the technique does not
+    report that unit (DP-SGD protects images; it states nothing per pixel)."""
+    value = privacy.get(f"epsilon_per_{unit}")
+    if value is None:
+        return "inf (no noise)" if privacy.get("epsilon") is None else "n/a"
+    return f"{value:,.6g}"
 
 
 def markdown(rows: list[list[str]]) -> str:
