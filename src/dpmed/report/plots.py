@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 from dpmed.train.loop import EpochRecord  # noqa: E402
 
@@ -101,10 +101,16 @@ def frontier(lines: dict[str, list[dict]], path: Path) -> None:
                             label=f"{label}: no noise",
                         )
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set(xlabel=f"epsilon per {unit} (log)", ylabel=name)
             ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
+    legend = {
+        label: handle
+        for ax in axes.flat
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)
+    }
     fig.suptitle("privacy-utility frontier (smaller epsilon = stronger privacy)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 * (1 + len(legend) / 2), 1, 1))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
