@@ -28,6 +28,7 @@ def test_ints_are_accepted_as_floats_but_not_the_reverse():
         ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
         ({"val_fraction": 1.0}, "val_fraction must lie in"),
         ({"lr": 0}, "lr must be > 0"),
+        ({"ema_decay": 1.0}, "ema_decay must lie in"),
         ({"weights": "w.pt", "model": "small-cnn"}, "weights are only supported"),
         ({"noise_scle": 1}, "unknown setting 'noise_scle'"),
         ({"target_epsilon": 8}, "technique is 'none'"),

@@ -54,6 +54,7 @@ FLAG_HELP = {
     "weight_decay": "weight decay (default 0)",
     "augment": "small random rotation, scale and shift of training images (default false)",
     "balanced_loss": "weight the loss by inverse class frequency (default false)",
+    "ema_decay": "evaluate and keep an exponential moving average of the weights (e.g. 0.99)",
     "val_fraction": "share of train held out for validation, grouped by patient (default 0.1)",
     "max_images": "cap every split at N images, stratified (quick runs)",
     "seed": "seed for the split, the noise release and training (default 0)",

@@ -58,6 +58,7 @@ class RunConfig:
     weight_decay: float = 0.0
     augment: bool = False
     balanced_loss: bool = False
+    ema_decay: float | None = None
     val_fraction: float = 0.1
     max_images: int | None = None
     seed: int = 0
@@ -131,6 +132,8 @@ class RunConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must lie in (0, 1), e.g. 0.999, got {self.ema_decay:g}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.weights is not None and self.model != "resnet18":

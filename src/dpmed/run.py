@@ -222,6 +222,7 @@ def _settings(config: RunConfig) -> TrainSettings:
         augment=config.augment,
         balanced_loss=config.balanced_loss,
         seed=config.seed,
+        ema_decay=config.ema_decay,
     )
 
 

@@ -63,3 +63,18 @@ def test_random_affine_keeps_shape_and_is_seeded():
     a = random_affine(x, torch.Generator().manual_seed(1))
     b = random_affine(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_ema_weights_are_what_is_evaluated_and_checkpointed(tmp_path):
+    torch.manual_seed(0)
+    model, _ = build_model("small-cnn")
+    data = {"train": _toy_data(), "val": _toy_data(seed=1), "test": _toy_data(seed=2)}
+    settings = TrainSettings(epochs=2, batch_size=16, lr=3e-3, seed=0, ema_decay=0.9)
+    records = fit(model, data, settings, device=torch.device("cpu"), checkpoint=tmp_path / "e.pt")
+    saved = torch.load(tmp_path / "e.pt", weights_only=True)
+    raw = model.state_dict()
+    assert any(not torch.equal(saved[k], raw[k]) for k in raw)  # not the raw weights
+    restored, _ = build_model("small-cnn")
+    restored.load_state_dict(saved)
+    val = evaluate(restored, *data["val"], device=torch.device("cpu"))
+    assert val == best_epoch(records).metrics["val"]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dpmed.privacy.dpsgd import DPSGD
 from dpmed.progress import make_progress
@@ -39,6 +40,7 @@ class TrainSettings:
     augment: bool = False
     balanced_loss: bool = False
     seed: int = 0
+    ema_decay: float | None = None  # evaluate an exponential moving average of the weights
 
 
 def best_epoch(records: list[EpochRecord]) -> EpochRecord:
@@ -72,6 +74,11 @@ def fit(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=settings.epochs * steps_per_epoch
     )
+    ema = None
+    if settings.ema_decay:  # averaging the trained weights is post-processing: free under DP
+        average = get_ema_multi_avg_fn(settings.ema_decay)
+        ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+    evaluated = ema.module if ema else model  # what is evaluated and checkpointed
     trained = model
     if dp:
         trained, optimizer = dp.wrap(model, optimizer, len(labels))
@@ -109,17 +116,19 @@ def fit(
                         optimizer.zero_grad(set_to_none=True)
                 optimizer.step()
                 schedule.step()
+                if ema:
+                    ema.update_parameters(model)
                 progress.advance(task)
             train_seconds = time.perf_counter() - start
             metrics = {
-                split: evaluate(model, *arrays, device=device) for split, arrays in data.items()
+                split: evaluate(evaluated, *arrays, device=device) for split, arrays in data.items()
             }
             record = EpochRecord(
                 epoch, metrics, time.perf_counter() - start, len(labels) / train_seconds
             )
             records.append(record)
             if best_epoch(records) is record:
-                torch.save(model.state_dict(), checkpoint)
+                torch.save(evaluated.state_dict(), checkpoint)
             status = f"val acc {metrics['val']['accuracy']:.3f}"
             progress.update(task, status=status + (f", eps {dp.epsilon():.2f}" if dp else ""))
             if on_epoch:
