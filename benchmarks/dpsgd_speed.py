@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dpmed.config import GRAD_SAMPLE_MODES
 from dpmed.models import build_model
-from dpmed.privacy.dpsgd import DPSGD, GRAD_SAMPLE_MODES
+from dpmed.privacy.dpsgd import DPSGD
 from dpmed.progress import quiet
 from dpmed.train.loop import TrainSettings, fit
 

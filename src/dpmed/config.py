@@ -18,7 +18,6 @@ import yaml
 
 from dpmed.errors import ConfigError
 from dpmed.privacy import MECHANISMS, InputMechanism, Unit, build_mechanism
-from dpmed.privacy.dpsgd import ACCOUNTANTS, GRAD_SAMPLE_MODES
 from dpmed.privacy.postprocess import check_postprocess, parse_postprocess
 
 DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
@@ -26,6 +25,8 @@ TECHNIQUES = ("none", *MECHANISMS, "dp-sgd")
 MODELS = ("resnet18", "resnet18-gn", "small-cnn")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+ACCOUNTANTS = ("prv", "rdp")  # DP-SGD's privacy accountants (Opacus)
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")  # how Opacus computes per-image gradients
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from dpmed.errors import ConfigError
 from dpmed.models import build_model
 from dpmed.privacy import Unit, released_split
 from dpmed.privacy.accounting import account
-from dpmed.privacy.dpsgd import check_trainable, dpsgd_privacy, plan_dpsgd
 from dpmed.privacy.postprocess import parse_postprocess, postprocess
 from dpmed.report.plots import learning_curve
 from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, fit
@@ -76,6 +75,8 @@ def run_experiment(
     inputs, privacy = apply_technique(dataset, config)
     dp = None
     if config.technique == "dp-sgd":
+        from dpmed.privacy.dpsgd import check_trainable, plan_dpsgd  # loads Opacus (seconds)
+
         check_trainable(model)
         dp = plan_dpsgd(
             n_train=len(dataset.splits["train"]),
@@ -110,6 +111,8 @@ def run_experiment(
             dp=dp,
         )
         if dp:
+            from dpmed.privacy.dpsgd import dpsgd_privacy
+
             privacy |= dpsgd_privacy(
                 dp,
                 target_epsilon=config.target_epsilon,

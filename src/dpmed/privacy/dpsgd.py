@@ -26,8 +26,6 @@ from torch import nn
 from dpmed.errors import ConfigError
 from dpmed.privacy.guarantee import PrivacyGuarantee
 
-ACCOUNTANTS = ("prv", "rdp")
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")  # how Opacus computes per-example gradients
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,9 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from dpmed.privacy.dpsgd import DPSGD
 from dpmed.progress import make_progress
 from dpmed.train.metrics import binary_metrics
+
+if TYPE_CHECKING:
+    from dpmed.privacy.dpsgd import DPSGD
 
 # Fixed input normalisation: statistics read from private images would leak.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
