@@ -92,7 +92,6 @@ class DPSGD:
     ) -> tuple[nn.Module, DPOptimizer]:
         """The model with per-example gradients and the optimizer that clips and noises."""
         check_trainable(model)
-        self.n_train = n_train
         private = prepare_module(model, self.grad_sample_mode, loss_reduction="mean")
         dp_optimizer = DPOptimizer(
             optimizer,
@@ -104,11 +103,11 @@ class DPSGD:
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
         return private, dp_optimizer
 
-    def batches(self, generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
+    def batches(self, n_train: int, generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
         """One epoch: 1/q logical batches, each every image independently with prob q,
         cut into physical chunks (an empty batch is an empty list: a noise-only step)."""
         for _ in range(math.ceil(1 / self.sample_rate)):
-            chosen = torch.rand(self.n_train, generator=generator) < self.sample_rate
+            chosen = torch.rand(n_train, generator=generator) < self.sample_rate
             indices = chosen.nonzero().flatten()
             yield list(indices.split(self.physical_batch_size)) if len(indices) else []
 

@@ -95,7 +95,7 @@ def fit(
             start = time.perf_counter()
             trained.train()
             if dp:
-                batches = dp.batches(generator)
+                batches = dp.batches(len(labels), generator)
             else:
                 order = torch.randperm(len(labels), generator=generator)
                 batches = ([batch] for batch in order.split(settings.batch_size))
