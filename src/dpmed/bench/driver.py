@@ -73,13 +73,10 @@ def run_sweep(
         redo = {"pending", "running"} | ({"failed"} if retry_failed else set())
         todo = [r for r in runs if status[r.id] in redo]
         progress = SweepProgress(total=len(runs), skipped=len(runs) - len(todo), jobs=jobs)
-        if progress.skipped:
-            log(
-                f"{progress.skipped} of {len(runs)} runs finished before (or failed); "
-                "running the rest"
-            )
-        if status_failed := sum(1 for r in runs if status[r.id] == "failed" and r not in todo):
-            log(f"{status_failed} failed run(s) left as they are; --retry-failed runs them again")
+        if finished_before := sum(1 for r in runs if status[r.id] == "finished"):
+            log(f"{finished_before} of {len(runs)} runs finished before; running {len(todo)}")
+        if failed_left := progress.skipped - finished_before:
+            log(f"{failed_left} failed run(s) left as they are; --retry-failed runs them again")
         _drive(todo, out, executor, store, progress, log)
         return store.counts()
     finally:
