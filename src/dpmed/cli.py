@@ -28,9 +28,9 @@ FLAG_HELP = {
     "noise_scale": "noise scale on pixels in [0,1]: Laplace b, Gaussian sigma, DP-Pix b per "
     "cell (0 = no noise)",
     "target_epsilon": "calibrate the noise to this epsilon per --unit instead of --noise-scale "
-    "(dp-sgd: per training image, never exceeded)",
+    "(dp-sgd: per training image, never exceeded; tables: per record)",
     "unit": "what one record is: pixel, <m>-pixels (e.g. 16-pixels), image, patient "
-    "(default image)",
+    "(default image; tables: record)",
     "delta": "delta of (epsilon, delta)-DP: gaussian needs it (e.g. 1e-5); dp-sgd: 0 means "
     "1/N^1.1; laplace and dppix take 0",
     "noise_multiplier": "dp-sgd: noise std / clipping norm (instead of --target-epsilon)",
@@ -60,6 +60,11 @@ FLAG_HELP = {
     "seed": "seed for the split, the noise release and training (default 0)",
     "data_root": "folder holding the data (default $DPMED_DATA, else the user cache)",
     "device": "auto, cpu or cuda (default auto)",
+    "table": "dataset csv: the CSV file, one row per patient",
+    "schema": "dataset csv: YAML schema (label, positive value, features with bounds)",
+    "strict": "refuse feature bounds read from the data instead of warning (default false)",
+    "importance_share": "adaptive-laplace: share of epsilon spent on the private feature "
+    "importance (default 0.2)",
 }
 PRIVACY_FLAGS = (
     "noise_scale",
@@ -222,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     config = RunConfig.from_mapping(values | _overrides(args), source=str(args.config or "flags"))
     noise = f"b{config.noise_scale:g}"
     if config.target_epsilon is not None:
-        noise = f"eps{config.target_epsilon:g}-{config.unit}"
+        noise = f"eps{config.target_epsilon:g}-{config.resolved_unit}"
     name = f"{config.dataset}-{config.technique}-{noise}-seed{config.seed}"
     out = args.out or Path("runs") / name
     summary = run_experiment(config, out, overwrite=args.overwrite).summary
@@ -298,7 +303,7 @@ def _privacy(args: argparse.Namespace) -> int:
         pixels_per_image=size * size,
         noise_scale=config.noise_scale,
         target_epsilon=config.target_epsilon,
-        unit=Unit.parse(config.unit),
+        unit=Unit.parse(config.resolved_unit),
         delta=config.delta,
         images_per_patient=args.images_per_patient,
     )
@@ -309,7 +314,7 @@ def _privacy(args: argparse.Namespace) -> int:
         f"{report.headline.mechanism} on {size}x{size} images: noise scale "
         f"{report.noise_scale:.6g} (noise std {report.noise_std:.4g} per pixel)"
         + (
-            f", calibrated to epsilon {config.target_epsilon:g} per {config.unit}"
+            f", calibrated to epsilon {config.target_epsilon:g} per {config.resolved_unit}"
             if config.target_epsilon is not None
             else ""
         )

@@ -16,13 +16,18 @@ from typing import Any
 
 import yaml
 
+from dpmed.data.tabular import TABLES
 from dpmed.errors import ConfigError
+from dpmed.models.tabular import CLASSIFIERS, TABLE_MODELS
 from dpmed.privacy import MECHANISMS, InputMechanism, Unit, build_mechanism
 from dpmed.privacy.postprocess import check_postprocess, parse_postprocess
 
-DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
-TECHNIQUES = ("none", *MECHANISMS, "dp-sgd")
-MODELS = ("resnet18", "resnet18-gn", "small-cnn")
+IMAGE_DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
+DATASETS = (*IMAGE_DATASETS, *TABLES)
+TABLE_TECHNIQUES = ("none", "laplace", "adaptive-laplace", "diffprivlib", "dp-sgd")
+TECHNIQUES = ("none", *MECHANISMS, "adaptive-laplace", "diffprivlib", "dp-sgd")
+IMAGE_MODELS = ("resnet18", "resnet18-gn", "small-cnn")
+MODELS = (*IMAGE_MODELS, *TABLE_MODELS)
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 ACCOUNTANTS = ("prv", "rdp")  # DP-SGD's privacy accountants (Opacus)
@@ -37,7 +42,7 @@ class RunConfig:
     technique: str = "none"
     noise_scale: float = 0.0
     target_epsilon: float | None = None
-    unit: str = "image"
+    unit: str | None = None
     delta: float = 0.0
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
@@ -65,6 +70,10 @@ class RunConfig:
     seed: int = 0
     data_root: str | None = None
     device: str = "auto"
+    table: str | None = None
+    schema: str | None = None
+    strict: bool = False
+    importance_share: float = 0.2
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -73,12 +82,21 @@ class RunConfig:
         self._check_ranges()
 
     @property
-    def resolved_image_size(self) -> int:
-        return self.image_size or DATASETS[self.dataset]
+    def is_table(self) -> bool:
+        return self.dataset in TABLES
+
+    @property
+    def resolved_image_size(self) -> int | None:
+        return None if self.is_table else self.image_size or IMAGE_DATASETS[self.dataset]
+
+    @property
+    def resolved_unit(self) -> str:
+        """What one protected record is: `unit`, else a table row or an image."""
+        return self.unit or ("record" if self.is_table else "image")
 
     def input_mechanism(self) -> InputMechanism | None:
-        """The technique's noise mechanism with its settings; None for technique none."""
-        if self.technique in ("none", "dp-sgd"):
+        """The technique's image noise mechanism with its settings; None when there is none."""
+        if self.is_table or self.technique in ("none", "dp-sgd"):
             return None
         return build_mechanism(self.technique, self.to_dict())
 
@@ -116,12 +134,10 @@ class RunConfig:
             raise ConfigError("set noise_scale or target_epsilon, not both")
         if self.target_epsilon is not None and self.target_epsilon <= 0:
             raise ConfigError(f"target_epsilon must be > 0, got {self.target_epsilon:g}")
-        Unit.parse(self.unit)
-        if self.technique == "dp-sgd":
-            self._check_dpsgd()
+        if self.is_table:
+            self._check_table()
         else:
-            self._check_mechanism()
-        check_postprocess(parse_postprocess(self.postprocess), self.resolved_image_size)
+            self._check_images()
         for name in ("image_size", "max_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -139,6 +155,63 @@ class RunConfig:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.weights is not None and self.model != "resnet18":
             raise ConfigError("weights are only supported for model 'resnet18'")
+
+    def _check_images(self) -> None:
+        _choice("model", self.model, IMAGE_MODELS)
+        if self.technique in ("adaptive-laplace", "diffprivlib"):
+            raise ConfigError(f"technique {self.technique} is for tables (breast-cancer, csv)")
+        for name in ("table", "schema"):
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{name} is for dataset csv, not {self.dataset}")
+        Unit.parse(self.resolved_unit)
+        if self.technique == "dp-sgd":
+            self._check_dpsgd()
+        else:
+            self._check_mechanism()
+        check_postprocess(parse_postprocess(self.postprocess), self.resolved_image_size)
+
+    def _check_table(self) -> None:
+        """Tables protect records (one patient's row): epsilon per record, tabular models."""
+        _choice("technique", self.technique, TABLE_TECHNIQUES)
+        _choice("model", self.model, TABLE_MODELS)
+        if self.resolved_unit != "record":
+            raise ConfigError(f"a table protects records: --unit must be record, not {self.unit}")
+        image_only = (
+            "noise_scale",
+            "cell_size",
+            "image_size",
+            "weights",
+            "postprocess",
+            "max_images",
+        )
+        for name in image_only:
+            if getattr(self, name) not in (None, 0, 0.0):
+                raise ConfigError(f"{name} is for images, not the table {self.dataset}")
+        if self.snapping or self.augment:
+            raise ConfigError("snapping and augment are for images, not tables")
+        if self.dataset == "csv" and not (self.table and self.schema):
+            raise ConfigError("dataset csv needs --table FILE.csv and --schema FILE.yaml")
+        if self.dataset != "csv" and (self.table or self.schema):
+            raise ConfigError(f"table and schema are for dataset csv; {self.dataset} is built in")
+        if not 0 < self.importance_share < 1:
+            raise ConfigError(f"importance_share must lie in (0, 1), got {self.importance_share:g}")
+        noisy = self.technique not in ("none", "dp-sgd")
+        if noisy and self.target_epsilon is None:
+            raise ConfigError(f"technique {self.technique} needs --target-epsilon (per record)")
+        if self.technique == "none" and self.target_epsilon is not None:
+            raise ConfigError("target_epsilon is set but technique is 'none'")
+        if self.technique == "diffprivlib" and self.model not in CLASSIFIERS:
+            raise ConfigError(
+                f"technique diffprivlib trains {', '.join(CLASSIFIERS)}, not {self.model}"
+            )
+        if self.technique == "dp-sgd" and self.model != "mlp":
+            raise ConfigError(f"on tables, dp-sgd trains the mlp, not {self.model}")
+        if self.technique == "dp-sgd":
+            self._check_dpsgd()
+        elif self.delta != 0:
+            raise ConfigError(
+                f"technique {self.technique} on tables is pure epsilon-DP: delta must be 0"
+            )
 
     def _check_mechanism(self) -> None:
         if self.cell_size is not None and self.technique != "dppix":
@@ -162,7 +235,7 @@ class RunConfig:
             raise ConfigError("technique dp-sgd needs --target-epsilon or --noise-multiplier, one")
         if self.noise_scale > 0 or self.cell_size is not None or self.snapping:
             raise ConfigError("noise_scale, cell_size and snapping are for input noise, not dp-sgd")
-        if self.unit != "image":
+        if self.resolved_unit not in ("image", "record"):
             raise ConfigError(
                 "dp-sgd protects training images: --unit must be image "
                 "(the patient-level guarantee is reported by group privacy)"

@@ -22,12 +22,16 @@ import yaml
 from dpmed import __version__
 from dpmed.config import RunConfig
 from dpmed.data import ImageDataset, load_dataset
+from dpmed.data.tabular import TableDataset, load_table
 from dpmed.errors import ConfigError
 from dpmed.models import build_model
+from dpmed.models.tabular import MLP, build_classifier
 from dpmed.privacy import Unit, released_split
 from dpmed.privacy.accounting import account
 from dpmed.privacy.postprocess import parse_postprocess, postprocess
+from dpmed.privacy.tables import diffprivlib_guarantee, perturb_table, record_privacy
 from dpmed.report.plots import learning_curve
+from dpmed.train.classifier import fit_classifier
 from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, fit
 from dpmed.train.metrics import METRICS
 
@@ -38,6 +42,18 @@ SUMMARY = "summary.json"
 class RunResult:
     summary: dict[str, Any]
     epochs: list[EpochRecord]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a run trains on: the data set, per split the model's inputs and labels, the
+    privacy entry so far, and a fresh model with a line saying how it was initialised."""
+
+    data: ImageDataset | TableDataset
+    inputs: dict[str, tuple[np.ndarray, np.ndarray]]
+    privacy: dict[str, Any]
+    model: Any
+    model_init: str
 
 
 def run_experiment(
@@ -56,30 +72,16 @@ def run_experiment(
             f"run folder {out} already exists; choose another --out or pass --overwrite"
         )
     device = pick_device(config.device)
-    image_size = config.resolved_image_size
-    dataset = load_dataset(
-        config.dataset,
-        image_size=image_size,
-        data_root=config.data_root,
-        val_fraction=config.val_fraction,
-        max_images=config.max_images,
-        seed=config.seed,
-    )
     torch.manual_seed(config.seed)
-    model, model_init = build_model(config.model, weights=config.weights)
-    log(
-        f"{config.dataset} {image_size}px: "
-        + ", ".join(f"{s} {len(d)}" for s, d in dataset.splits.items())
-        + f" images; {model_init}"
-    )
-    inputs, privacy = apply_technique(dataset, config)
+    prepared = (_prepare_table if config.is_table else _prepare_images)(config, log)
+    inputs, privacy, model = prepared.inputs, prepared.privacy, prepared.model
     dp = None
     if config.technique == "dp-sgd":
         from dpmed.privacy.dpsgd import check_trainable, plan_dpsgd  # loads Opacus (seconds)
 
         check_trainable(model)
         dp = plan_dpsgd(
-            n_train=len(dataset.splits["train"]),
+            n_train=len(inputs["train"][1]),
             batch_size=config.batch_size,
             epochs=config.epochs,
             target_epsilon=config.target_epsilon,
@@ -94,23 +96,36 @@ def run_experiment(
             f"privacy: DP-SGD with noise multiplier {dp.noise_multiplier:.4g}, clipping "
             f"{dp.max_grad_norm:g}, sample rate {dp.sample_rate:.4g}, delta {dp.delta:.3g}"
         )
-    else:
+    elif config.technique != "diffprivlib":
         log(f"privacy: {privacy['description']}")
 
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        records = fit(
-            model,
-            inputs,
-            _settings(config),
-            device=device,
-            checkpoint=staging / "best.pt",
-            on_epoch=on_epoch,
-            dp=dp,
-        )
-        if dp:
+        if isinstance(model, torch.nn.Module):
+            records = fit(
+                model,
+                inputs,
+                _settings(config),
+                device=device,
+                checkpoint=staging / "best.pt",
+                on_epoch=on_epoch,
+                dp=dp,
+            )
+        else:
+            records = [fit_classifier(model, inputs, checkpoint=staging / "model.pkl")]
+            if on_epoch:
+                on_epoch(records[0])
+        if dp and config.is_table:
+            from dpmed.privacy.dpsgd import dpsgd_guarantee, dpsgd_settings
+
+            privacy = record_privacy(
+                dpsgd_guarantee(dp, unit="record"),
+                prepared.data,
+                **dpsgd_settings(dp, target_epsilon=config.target_epsilon),
+            )
+        elif dp:
             from dpmed.privacy.dpsgd import dpsgd_privacy
 
             privacy |= dpsgd_privacy(
@@ -119,14 +134,22 @@ def run_experiment(
                 images_per_patient=privacy["images_per_patient"],
                 assumptions=privacy["assumptions"],
             )
+        if config.technique == "diffprivlib":
+            privacy = record_privacy(diffprivlib_guarantee(model), prepared.data)
+            log(f"privacy: {privacy['description']}")
         best = best_epoch(records)
+        sizes = {split: len(labels) for split, (_, labels) in inputs.items()}
         summary = {
             "dataset": config.dataset,
             "technique": config.technique,
             "model": config.model,
-            "image_size": image_size,
+            **(
+                {"features": prepared.data.feature_names}
+                if config.is_table
+                else {"image_size": config.resolved_image_size}
+            ),
             "seed": config.seed,
-            "epochs": config.epochs,
+            "epochs": len(records),
             "best_epoch": best.epoch,
             **{split: best.metrics[split] for split in ("train", "val", "test")},
             "privacy": privacy,
@@ -136,12 +159,12 @@ def run_experiment(
                     float(np.mean([r.train_images_per_second for r in records])), 1
                 ),
             },
-            "images": {split: len(data) for split, data in dataset.splits.items()},
-            "model_init": model_init,
+            ("records" if config.is_table else "images"): sizes,
+            "model_init": prepared.model_init,
             "device": str(device),
             "dpmed_version": __version__,
         }
-        _write_run(staging, config.replace(image_size=image_size), records, summary)
+        _write_run(staging, config.replace(image_size=config.resolved_image_size), records, summary)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -149,6 +172,65 @@ def run_experiment(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return RunResult(summary, records)
+
+
+def _prepare_images(config: RunConfig, log: Callable[[str], None]) -> Prepared:
+    image_size = config.resolved_image_size
+    dataset = load_dataset(
+        config.dataset,
+        image_size=image_size,
+        data_root=config.data_root,
+        val_fraction=config.val_fraction,
+        max_images=config.max_images,
+        seed=config.seed,
+    )
+    model, model_init = build_model(config.model, weights=config.weights)
+    log(
+        f"{config.dataset} {image_size}px: "
+        + ", ".join(f"{s} {len(d)}" for s, d in dataset.splits.items())
+        + f" images; {model_init}"
+    )
+    return Prepared(dataset, *apply_technique(dataset, config), model, model_init)
+
+
+def _prepare_table(config: RunConfig, log: Callable[[str], None]) -> Prepared:
+    """A table's model is a torch MLP or a scikit-learn classifier (diffprivlib's twin for
+    technique diffprivlib, which spends its epsilon while fitting)."""
+    table = load_table(
+        config.dataset,
+        table=config.table,
+        schema=config.schema,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        strict=config.strict,
+    )
+    n_features = len(table.features)
+    private = config.technique == "diffprivlib"
+    if config.model == "mlp":
+        model, model_init = MLP(n_features), "mlp from random init"
+    else:
+        model = build_classifier(
+            config.model,
+            n_features=n_features,
+            seed=config.seed,
+            epsilon=config.target_epsilon if private else None,
+        )
+        model_init = f"{config.model} ({'diffprivlib' if private else 'scikit-learn'})"
+    log(
+        f"{config.dataset}: {n_features} features, "
+        + ", ".join(f"{s} {len(d)}" for s, d in table.splits.items())
+        + f" records; {model_init}"
+    )
+    inputs, privacy = perturb_table(
+        table,
+        config.technique,
+        epsilon=config.target_epsilon,
+        importance_share=config.importance_share,
+        perturb_test=config.perturb_test,
+        clip_after_release=config.clip_after_release,
+        seed=config.seed,
+    )
+    return Prepared(table, inputs, privacy, model, model_init)
 
 
 def apply_technique(
@@ -166,7 +248,7 @@ def apply_technique(
         pixels_per_image=dataset.pixels_per_image,
         noise_scale=config.noise_scale,
         target_epsilon=config.target_epsilon if mechanism else None,
-        unit=Unit.parse(config.unit),
+        unit=Unit.parse(config.resolved_unit),
         delta=config.delta,
         images_per_patient=images_per_patient,
         assumptions=(patient_note,),
@@ -245,8 +327,8 @@ def _write_run(folder: Path, config: RunConfig, records: list[EpochRecord], summ
             )
     (folder / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     privacy = summary["privacy"]
-    epsilon = privacy["epsilon_per_image"]
+    epsilon = privacy["epsilon"]
     title = f"{config.dataset}, {config.model}, {config.technique}" + (
-        f", epsilon {epsilon:,.3g} per image" if epsilon is not None else ""
+        f", epsilon {epsilon:,.3g} per {privacy['unit']}" if epsilon is not None else ""
     )
     learning_curve(records, summary["best_epoch"], folder / "learning_curve.png", title)

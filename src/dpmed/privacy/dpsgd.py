@@ -120,9 +120,9 @@ class DPSGD:
 
 
 ASSUMPTIONS = (
-    "one unit is one training image with its label (add/remove adjacency)",
+    "one unit is one training example (an image or a record) with its label (add/remove adjacency)",
     "batches are Poisson samples of the training set, as the accountant assumes",
-    "every intermediate model is covered; validation and test images are not training data",
+    "every intermediate model is covered; validation and test data are not training data",
     "hyper-parameters are not tuned on the training images (tuning on them is not accounted)",
 )
 
@@ -167,6 +167,31 @@ def plan_dpsgd(
     )
 
 
+def dpsgd_guarantee(dp: DPSGD, *, unit: str = "image") -> PrivacyGuarantee:
+    """What the accountant says was spent per training example (an image or a record)."""
+    return PrivacyGuarantee(
+        mechanism="dp-sgd",
+        unit=unit,
+        epsilon=dp.epsilon(),
+        delta=dp.delta,
+        accounting=f"Opacus {dp.accountant_name.upper()} accountant over {dp.steps} steps "
+        f"(noise multiplier {dp.noise_multiplier:.4g}, sample rate {dp.sample_rate:.4g})",
+        assumptions=ASSUMPTIONS,
+    )
+
+
+def dpsgd_settings(dp: DPSGD, *, target_epsilon: float | None) -> dict:
+    """The DP-SGD settings the summary records beside its guarantee."""
+    return {
+        "noise_multiplier": dp.noise_multiplier,
+        "max_grad_norm": dp.max_grad_norm,
+        "sample_rate": dp.sample_rate,
+        "steps": dp.steps,
+        "accountant": dp.accountant_name,
+        "target_epsilon": target_epsilon,
+    }
+
+
 def dpsgd_privacy(
     dp: DPSGD,
     *,
@@ -174,27 +199,14 @@ def dpsgd_privacy(
     images_per_patient: int,
     assumptions: list[str] = (),
 ) -> dict:
-    """The `privacy` entry of summary.json after training: the epsilon actually spent per
-    image, and per patient by group privacy: (k eps, k e^((k-1) eps) delta)."""
-    epsilon, k = dp.epsilon(), images_per_patient
+    """The `privacy` entry of summary.json after training on images: the epsilon actually
+    spent per image, and per patient by group privacy: (k eps, k e^((k-1) eps) delta)."""
+    image = dpsgd_guarantee(dp)
+    epsilon, k = image.epsilon, images_per_patient
     patient_delta = min(1.0, k * math.exp(min((k - 1) * epsilon, 700)) * dp.delta)
-    image = PrivacyGuarantee(
-        mechanism="dp-sgd",
-        unit="image",
-        epsilon=epsilon,
-        delta=dp.delta,
-        accounting=f"Opacus {dp.accountant_name.upper()} accountant over {dp.steps} steps "
-        f"(noise multiplier {dp.noise_multiplier:.4g}, sample rate {dp.sample_rate:.4g})",
-        assumptions=ASSUMPTIONS + tuple(assumptions),
-    )
     return {
         "mechanism": "dp-sgd",
-        "noise_multiplier": dp.noise_multiplier,
-        "max_grad_norm": dp.max_grad_norm,
-        "sample_rate": dp.sample_rate,
-        "steps": dp.steps,
-        "accountant": dp.accountant_name,
-        "target_epsilon": target_epsilon,
+        **dpsgd_settings(dp, target_epsilon=target_epsilon),
         "unit": "image",
         "epsilon": epsilon,
         "delta": dp.delta,
@@ -204,7 +216,7 @@ def dpsgd_privacy(
         "delta_per_patient": patient_delta,
         "images_per_patient": k,
         "accounting": image.accounting,
-        "assumptions": list(image.assumptions),
+        "assumptions": [*image.assumptions, *assumptions],
         "description": f"{image.describe()} (per patient of up to {k} images: epsilon = "
         f"{k * epsilon:.4g}, delta = {patient_delta:.3g})",
     }

@@ -66,7 +66,8 @@ def fit(
     dp: DPSGD | None = None,
 ) -> list[EpochRecord]:
     """Train on data["train"], evaluate every split after each epoch, and save the best
-    model (on validation) to `checkpoint`. `data` maps split -> (images (N,H,W), labels).
+    model (on validation) to `checkpoint`. `data` maps split -> (images (N,H,W) or
+    table rows (N,F), labels).
 
     With `dp`, training is DP-SGD: Poisson batches, per-example clipping and noise."""
     model.to(device)
@@ -183,9 +184,10 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
-def _to_input(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).float().unsqueeze(1)
-    return (x - PIXEL_MEAN) / PIXEL_STD
+def _to_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Images (N, H, W) as normalised 1-channel tensors; table rows (N, F) as they are."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).float()
+    return x if x.ndim == 2 else (x.unsqueeze(1) - PIXEL_MEAN) / PIXEL_STD
 
 
 def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
