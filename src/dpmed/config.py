@@ -90,6 +90,11 @@ class RunConfig:
         return None if self.is_table else self.image_size or IMAGE_DATASETS[self.dataset]
 
     @property
+    def planned_epochs(self) -> int:
+        """Epochs the run will report: a table classifier is fitted once."""
+        return 1 if self.is_table and self.model in CLASSIFIERS else self.epochs
+
+    @property
     def resolved_unit(self) -> str:
         """What one protected record is: `unit`, else a table row or an image."""
         return self.unit or ("record" if self.is_table else "image")

@@ -62,3 +62,23 @@ def test_epsilon_text_tells_no_noise_from_a_unit_not_reported():
     dp_sgd = {"epsilon": 0.5, "epsilon_per_image": 0.5, "epsilon_per_pixel": None}
     assert epsilon_text(dp_sgd, "pixel") == "n/a"
     assert epsilon_text(dp_sgd, "image") == "0.5"
+
+
+def test_table_runs_are_reported_per_record_and_a_void_guarantee_says_so(tmp_path, capsys):
+    from dpmed.report.tables import epsilon_text, summary_table
+
+    sweep = tmp_path / "tables.yaml"
+    sweep.write_text(
+        "base: {dataset: breast-cancer, model: gaussian-nb}\n"
+        "grid: [{technique: [none]}, {technique: [diffprivlib], target_epsilon: [1, 4]}]\n"
+    )
+    out = tmp_path / "out"
+    assert cli.main(["bench", str(sweep), "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "epsilon per record" in md and "epsilon per image" not in md
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["epsilon_per_record"] for r in rows) == ["", "1.0", "4.0"]
+    privacy = {"epsilon": 2.0, "epsilon_per_record": 2.0, "guarantee_holds": False}
+    assert epsilon_text(privacy, "record") == "2 (does not hold: bounds read from the data)"
+    assert summary_table([])[0][-1] == "train accuracy (%)"

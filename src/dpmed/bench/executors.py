@@ -40,7 +40,7 @@ def execute_run(
     quiet()
     try:
         run_config = RunConfig.from_mapping(config)
-        events.put(("start", run_id, run_config.epochs))
+        events.put(("start", run_id, run_config.planned_epochs))
         result = run_experiment(
             run_config,
             Path(folder),

@@ -79,7 +79,8 @@ def _blocks(runs, curves, counts, figures: Path) -> list[Block]:
             "Learning curves: train (solid) and test (dashed) accuracy per epoch.",
         )
     )
-    plots.frontier(_frontier_lines(groups, runs), figures / "frontier.png")
+    units = tables.reported_units(runs)
+    plots.frontier(_frontier_lines(groups, runs, units), units, figures / "frontier.png")
     blocks.append(
         (
             "figure",
@@ -106,7 +107,7 @@ def _mean_curve(curves: list[dict[str, list[float]]]) -> dict[str, list[float]]:
     }
 
 
-def _frontier_lines(groups: list[tables.Group], runs) -> dict[str, list[dict]]:
+def _frontier_lines(groups: list[tables.Group], runs, units: list[str]) -> dict[str, list[dict]]:
     """One line per setting other than the noise level."""
     noise_levels = {"noise_scale", "target_epsilon", "noise_multiplier"}
     varying = [k for k in tables.varying_settings(runs) if k not in noise_levels]
@@ -114,7 +115,7 @@ def _frontier_lines(groups: list[tables.Group], runs) -> dict[str, list[dict]]:
     for g in groups:
         label = ", ".join(f"{k}={g.settings[k]}" for k in varying) or g.settings["technique"]
         privacy = g.runs[0]["summary"]["privacy"]
-        point = {f"epsilon_per_{u}": privacy.get(f"epsilon_per_{u}") for u in ("image", "pixel")}
+        point = {f"epsilon_per_{u}": privacy.get(f"epsilon_per_{u}") for u in units}
         point["no_privacy"] = privacy.get("epsilon") is None
         for metric in ("accuracy", "roc_auc"):
             values = g.values("test", metric) or [float("nan")]
@@ -131,8 +132,8 @@ def _write_csv(runs: list[dict[str, Any]], path: Path) -> Path:
         "unit",
         "epsilon",
         "delta",
-        "epsilon_per_pixel",
-        "epsilon_per_image",
+        *(f"epsilon_per_{u}" for u in tables.EPSILON_UNITS),
+        "guarantee_holds",
     ]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -62,15 +62,14 @@ def learning_curves(curves: dict[str, dict[str, list[float]]], path: Path, title
     plt.close(fig)
 
 
-def frontier(lines: dict[str, list[dict]], path: Path) -> None:
-    """Privacy-utility frontier: test accuracy and ROC-AUC against epsilon (log x), per
-    image on top and per pixel below where reported. `lines` maps a technique to points
-    {"epsilon_per_image", "epsilon_per_pixel", "accuracy", "roc_auc"} (mean over seeds,
-    with "*_sd", and "no_privacy"); a point without any guarantee (no noise) is drawn as a
-    dotted level, a technique that reports no epsilon at a unit is left out there."""
-    units = ["image"] + (
-        ["pixel"] if any(p["epsilon_per_pixel"] for ps in lines.values() for p in ps) else []
-    )
+def frontier(lines: dict[str, list[dict]], units: list[str], path: Path) -> None:
+    """Privacy-utility frontier: test accuracy and ROC-AUC against epsilon (log x), one row
+    per unit (record, image, pixel) where some point has a value. `lines` maps a technique
+    to points {"epsilon_per_<unit>", "accuracy", "roc_auc"} (mean over seeds, with "*_sd",
+    and "no_privacy"); a point without any guarantee (no noise) is drawn as a dotted level,
+    a technique that reports no epsilon at a unit is left out there."""
+    units = [u for u in units if any(p[f"epsilon_per_{u}"] for ps in lines.values() for p in ps)]
+    units = units or ["image"]
     fig, axes = plt.subplots(len(units), 2, figsize=(10, 3.8 * len(units)), squeeze=False)
     for row, unit in zip(axes, units, strict=True):
         for ax, metric, name in zip(
