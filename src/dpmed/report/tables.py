@@ -63,9 +63,7 @@ def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
 def reported_units(runs: list[dict[str, Any]]) -> list[str]:
     """The units some run states epsilon for: record for tables, image and pixel for images."""
     return [
-        u
-        for u in EPSILON_UNITS
-        if any(f"epsilon_per_{u}" in r["summary"]["privacy"] for r in runs)
+        u for u in EPSILON_UNITS if any(f"epsilon_per_{u}" in r["summary"]["privacy"] for r in runs)
     ]
 
 
