@@ -40,6 +40,8 @@ FLAG_HELP = {
     "grad_sample_mode": "dp-sgd: Opacus per-image gradients: hooks, functorch or ew",
     "cell_size": "dppix: side of the square cells averaged before the noise (divides the size)",
     "snapping": "laplace: floating-point-safe snapping mechanism (Mironov 2012) for real releases",
+    "weight_floor": "weighted-laplace: budget weight outside the lung prior, in (0, 1] "
+    "(default 0.25; 1 = plain Laplace)",
     "clip_after_release": "clip the released images to [0,1] (post-processing, free)",
     "postprocess": "free denoising after the release, comma-separated: pool<k>, blur<sigma>, "
     "median<k>, nlm (e.g. pool2,blur1)",
@@ -68,6 +70,7 @@ PRIVACY_FLAGS = (
     "delta",
     "cell_size",
     "snapping",
+    "weight_floor",
     "image_size",
 )
 
