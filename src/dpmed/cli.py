@@ -26,7 +26,7 @@ FLAG_HELP = {
     "dataset": f"dataset: {', '.join(DATASETS)} (default chest-xray)",
     "technique": f"privacy technique: {', '.join(TECHNIQUES)} (default none)",
     "noise_scale": "noise scale on pixels in [0,1]: Laplace b, Gaussian sigma, DP-Pix b per "
-    "cell (0 = no noise)",
+    "cell, weighted-laplace b at Laplace's epsilon per image (0 = no noise)",
     "target_epsilon": "calibrate the noise to this epsilon per --unit instead of --noise-scale "
     "(dp-sgd: per training image, never exceeded)",
     "unit": "what one record is: pixel, <m>-pixels (e.g. 16-pixels), image, patient "
