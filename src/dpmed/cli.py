@@ -26,7 +26,7 @@ FLAG_HELP = {
     "dataset": f"dataset: {', '.join(DATASETS)} (default chest-xray)",
     "technique": f"privacy technique: {', '.join(TECHNIQUES)} (default none)",
     "noise_scale": "noise scale on pixels in [0,1]: Laplace b, Gaussian sigma, DP-Pix b per "
-    "cell (0 = no noise)",
+    "cell, weighted-laplace b at Laplace's epsilon per image (0 = no noise)",
     "target_epsilon": "calibrate the noise to this epsilon per --unit instead of --noise-scale "
     "(dp-sgd: per training image, never exceeded; tables: per record)",
     "unit": "what one record is: pixel, <m>-pixels (e.g. 16-pixels), image, patient "
@@ -40,6 +40,8 @@ FLAG_HELP = {
     "grad_sample_mode": "dp-sgd: Opacus per-image gradients: hooks, functorch or ew",
     "cell_size": "dppix: side of the square cells averaged before the noise (divides the size)",
     "snapping": "laplace: floating-point-safe snapping mechanism (Mironov 2012) for real releases",
+    "weight_floor": "weighted-laplace: budget weight outside the lung prior, in (0, 1] "
+    "(default 0.25; 1 = plain Laplace)",
     "clip_after_release": "clip the released images to [0,1] (post-processing, free)",
     "postprocess": "free denoising after the release, comma-separated: pool<k>, blur<sigma>, "
     "median<k>, nlm (e.g. pool2,blur1)",
@@ -73,6 +75,7 @@ PRIVACY_FLAGS = (
     "delta",
     "cell_size",
     "snapping",
+    "weight_floor",
     "image_size",
 )
 

@@ -51,6 +51,7 @@ class RunConfig:
     grad_sample_mode: str = "hooks"
     cell_size: int | None = None
     snapping: bool = False
+    weight_floor: float | None = None
     clip_after_release: bool = False
     postprocess: str | None = None
     perturb_test: bool = True
@@ -103,7 +104,9 @@ class RunConfig:
         """The technique's image noise mechanism with its settings; None when there is none."""
         if self.is_table or self.technique in ("none", "dp-sgd"):
             return None
-        return build_mechanism(self.technique, self.to_dict())
+        return build_mechanism(
+            self.technique, self.to_dict() | {"image_size": self.resolved_image_size}
+        )
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, source: str = "config") -> RunConfig:
@@ -225,6 +228,8 @@ class RunConfig:
             raise ConfigError("technique dppix needs cell_size, the side of its square cells")
         if self.snapping and self.technique != "laplace":
             raise ConfigError("snapping is only for technique laplace")
+        if self.weight_floor is not None and self.technique != "weighted-laplace":
+            raise ConfigError("weight_floor is only for technique weighted-laplace")
         mechanism = self.input_mechanism()
         if mechanism is None:
             if self.delta != 0:
@@ -240,6 +245,8 @@ class RunConfig:
             raise ConfigError("technique dp-sgd needs --target-epsilon or --noise-multiplier, one")
         if self.noise_scale > 0 or self.cell_size is not None or self.snapping:
             raise ConfigError("noise_scale, cell_size and snapping are for input noise, not dp-sgd")
+        if self.weight_floor is not None:
+            raise ConfigError("weight_floor is for input noise (weighted-laplace), not dp-sgd")
         if self.resolved_unit not in ("image", "record"):
             raise ConfigError(
                 "dp-sgd protects training images: --unit must be image "

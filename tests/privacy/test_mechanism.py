@@ -2,18 +2,19 @@ import numpy as np
 import pytest
 
 from dpmed.errors import ConfigError
-from dpmed.privacy import MECHANISMS, DPPix, Gaussian, Laplace, build_mechanism
+from dpmed.privacy import MECHANISMS, DPPix, Gaussian, Laplace, WeightedLaplace, build_mechanism
 from dpmed.privacy import mechanism as mech
 from dpmed.privacy.guarantee import Unit
 from dpmed.privacy.mechanism import released_split
 
 
 def test_registry_builds_every_mechanism_from_config_fields():
-    settings = {"cell_size": 4, "snapping": True}
-    assert set(MECHANISMS) == {"laplace", "gaussian", "dppix"}
+    settings = {"cell_size": 4, "snapping": True, "image_size": 28, "weight_floor": 0.5}
+    assert set(MECHANISMS) == {"laplace", "gaussian", "dppix", "weighted-laplace"}
     assert build_mechanism("laplace", settings) == Laplace(snapping=True)
     assert build_mechanism("gaussian", settings) == Gaussian()
     assert build_mechanism("dppix", settings) == DPPix(cell_size=4)
+    assert build_mechanism("weighted-laplace", settings) == WeightedLaplace(28, 0.5)
     with pytest.raises(ConfigError, match="unknown mechanism 'exp'"):
         build_mechanism("exp", settings)
 
@@ -47,7 +48,9 @@ def _images(seed=0):
     return np.random.default_rng(seed).integers(0, 256, (20, 16, 16), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("mechanism", [Laplace(), Laplace(snapping=True), Gaussian(), DPPix(4)])
+@pytest.mark.parametrize(
+    "mechanism", [Laplace(), Laplace(snapping=True), Gaussian(), DPPix(4), WeightedLaplace(16)]
+)
 def test_release_is_drawn_once_and_reproducible_from_its_seed(
     mechanism, private_cache, monkeypatch
 ):

@@ -28,7 +28,8 @@ _M_PIXELS = re.compile(r"^(\d+)-pixels?$")
 class Unit:
     """What one protected record is: neighbouring data sets differ in one such unit.
 
-    `pixels` is m for the m-pixels unit (any m pixels change); `images` is k for the
+    `pixels` is m for the m-pixels unit (any m pixels of one image change; with the same
+    noise on every pixel, any m pixels anywhere cost the same); `images` is k for the
     patient unit (all k images of one patient change). Neighbours are formed by
     *replacing* the unit's data: the number of images is public.
     """
