@@ -22,7 +22,7 @@ from dpmed.privacy.postprocess import check_postprocess, parse_postprocess
 
 DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
 TECHNIQUES = ("none", *MECHANISMS, "dp-sgd")
-MODELS = ("resnet18", "resnet18-gn", "small-cnn")
+MODELS = ("resnet18", "resnet18-gn", "small-cnn", "scatternet")
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 ACCOUNTANTS = ("prv", "rdp")  # DP-SGD's privacy accountants (Opacus)
@@ -139,6 +139,21 @@ class RunConfig:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.weights is not None and self.model != "resnet18":
             raise ConfigError("weights are only supported for model 'resnet18'")
+        if self.model == "scatternet":
+            self._check_scatternet()
+
+    def _check_scatternet(self) -> None:
+        """ScatterNet's features are computed once per image: nothing to augment per epoch."""
+        if self.augment:
+            raise ConfigError(
+                "augment cannot be used with model scatternet: its fixed features are computed "
+                "once per image before training; drop --augment or choose another model"
+            )
+        if self.resolved_image_size < 4:
+            raise ConfigError(
+                f"model scatternet needs images of at least 4x4 (2^J, J = 2), "
+                f"got image_size {self.resolved_image_size}"
+            )
 
     def _check_mechanism(self) -> None:
         if self.cell_size is not None and self.technique != "dppix":

@@ -66,7 +66,7 @@ def run_experiment(
         seed=config.seed,
     )
     torch.manual_seed(config.seed)
-    model, model_init = build_model(config.model, weights=config.weights)
+    model, model_init = build_model(config.model, weights=config.weights, image_size=image_size)
     log(
         f"{config.dataset} {image_size}px: "
         + ", ".join(f"{s} {len(d)}" for s, d in dataset.splits.items())
