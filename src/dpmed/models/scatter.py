@@ -18,6 +18,8 @@ reads no statistics of other (private) images.
 from __future__ import annotations
 
 import torch
+
+# not kymatio.torch: it loads the 3-D transform too, which imports scipy's sph_harm (gone in 1.17)
 from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
 from torch import nn
 
