@@ -184,7 +184,7 @@ def _prepare_images(config: RunConfig, log: Callable[[str], None]) -> Prepared:
         max_images=config.max_images,
         seed=config.seed,
     )
-    model, model_init = build_model(config.model, weights=config.weights)
+    model, model_init = build_model(config.model, weights=config.weights, image_size=image_size)
     log(
         f"{config.dataset} {image_size}px: "
         + ", ".join(f"{s} {len(d)}" for s, d in dataset.splits.items())

@@ -1,4 +1,4 @@
-"""Image classifiers: torchvision ResNet-18 with a 1-channel stem, and a small CNN."""
+"""Image classifiers: torchvision ResNet-18 with a 1-channel stem, a small CNN, ScatterNet."""
 
 from __future__ import annotations
 
@@ -13,15 +13,23 @@ from dpmed.errors import ConfigError, DataError
 
 
 def build_model(
-    name: str, *, num_classes: int = 2, weights: str | None = None
+    name: str, *, num_classes: int = 2, weights: str | None = None, image_size: int = 28
 ) -> tuple[nn.Module, str]:
-    """A fresh model for 1-channel images and a line saying how it was initialised."""
+    """A fresh model for 1-channel images and a line saying how it was initialised
+    (`image_size`: the side of the square images, which ScatterNet is built for)."""
+    if name == "scatternet":
+        from dpmed.models.scatter import ANGLES, SCALES, ScatterNet  # loads kymatio
+
+        note = f"scatternet: fixed scattering (J={SCALES}, L={ANGLES}), linear head, random init"
+        return ScatterNet(image_size, num_classes), note
     if name == "small-cnn":
         return SmallCNN(num_classes), "small-cnn from random init"
     if name == "resnet18-gn":
         return resnet18_groupnorm(num_classes), "resnet18-gn (GroupNorm) from random init"
     if name != "resnet18":
-        raise ConfigError(f"unknown model {name!r}; choose resnet18, resnet18-gn or small-cnn")
+        raise ConfigError(
+            f"unknown model {name!r}; choose resnet18, resnet18-gn, small-cnn or scatternet"
+        )
     model = resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if weights is None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from dpmed.errors import ConfigError
 from dpmed.progress import make_progress
 from dpmed.train.metrics import binary_metrics
 
@@ -69,8 +70,15 @@ def fit(
     model (on validation) to `checkpoint`. `data` maps split -> (images (N,H,W) or
     table rows (N,F), labels).
 
-    With `dp`, training is DP-SGD: Poisson batches, per-example clipping and noise."""
+    With `dp`, training is DP-SGD: Poisson batches, per-example clipping and noise.
+    A model with a `frozen` stage (fixed, no trainable weights, e.g. ScatterNet) has every
+    split passed through it once; its `head` is then trained, evaluated and checkpointed."""
     model.to(device)
+    if hasattr(model, "frozen"):
+        if settings.augment:
+            raise ConfigError("augment cannot be used with a frozen feature stage")
+        data = {split: (_features(model.frozen, x, device), y) for split, (x, y) in data.items()}
+        model = model.head
     images, labels = data["train"]
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = _optimizer(model, settings)
@@ -184,10 +192,25 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+@torch.no_grad()
+def _features(
+    stage: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
+    """A fixed stage's output for every image, computed once: (N, C, H', W') float32."""
+    stage.eval()
+    return np.concatenate(
+        [
+            stage(_to_input(images[start : start + batch_size], device)).float().cpu().numpy()
+            for start in range(0, len(images), batch_size)
+        ]
+    )
+
+
 def _to_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Images (N, H, W) as normalised 1-channel tensors; table rows (N, F) as they are."""
+    """Pixels (N, H, W) in [0, 1] -> normalised (N, 1, H, W); features (N, C, H, W) and
+    table rows (N, F) as they are."""
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).float()
-    return x if x.ndim == 2 else (x.unsqueeze(1) - PIXEL_MEAN) / PIXEL_STD
+    return x if x.ndim != 3 else (x.unsqueeze(1) - PIXEL_MEAN) / PIXEL_STD
 
 
 def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
