@@ -69,8 +69,8 @@ class AdaptiveClipping(AdaClipDPOptimizer):
     >>> model = nn.Linear(3, 2)
     >>> opt = AdaptiveClipping(torch.optim.SGD(model.parameters(), lr=0.1),
     ...     noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=64)
-    >>> round(gradient_noise_multiplier(1.0, count_noise_std(64)), 4)
-    1.0502
+    >>> opt.unclipped_num_std, round(opt.adapted()["gradient_noise_multiplier"], 4)
+    (3.2, 1.0124)
     """
 
     def __init__(
