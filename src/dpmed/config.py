@@ -125,11 +125,8 @@ class RunConfig:
         if self.technique == "dp-sgd":
             self._check_dpsgd()
         else:
-            if (self.clipping, self.target_unclipped_quantile, self.noise_allocation) != (
-                "flat",
-                None,
-                None,
-            ):
+            adaptive = self.target_unclipped_quantile is not None or self.noise_allocation
+            if self.clipping != "flat" or adaptive:
                 raise ConfigError(
                     "clipping, target_unclipped_quantile and noise_allocation are for dp-sgd"
                 )

@@ -238,7 +238,7 @@ def dpsgd_privacy(
         accounting=f"Opacus {dp.accountant_name.upper()} accountant over {dp.steps} steps "
         f"(noise multiplier {dp.noise_multiplier:.4g}, sample rate {dp.sample_rate:.4g})"
         + (f"; {adaptive.accounting_note()}" if adaptive else ""),
-        assumptions=ASSUMPTIONS + tuple(assumptions) + (ADAPTIVE_ASSUMPTION,) * bool(adapted),
+        assumptions=ASSUMPTIONS + tuple(assumptions) + ((ADAPTIVE_ASSUMPTION,) if adaptive else ()),
     )
     return {
         "mechanism": "dp-sgd",
