@@ -38,6 +38,13 @@ FLAG_HELP = {
     "accountant": "dp-sgd: privacy accountant, prv or rdp (default prv)",
     "physical_batch_size": "dp-sgd: images per forward pass; the logical batch is --batch-size",
     "grad_sample_mode": "dp-sgd: Opacus per-image gradients: hooks, functorch or ew",
+    "clipping": "dp-sgd: flat (fixed --max-grad-norm) or adaptive (the bound follows a private "
+    "quantile of the gradient norms, Andrew et al. 2021; same epsilon)",
+    "target_unclipped_quantile": "dp-sgd with --clipping adaptive: share of images left "
+    "unclipped (default 0.5)",
+    "noise_allocation": "dp-sgd: clip each layer to max-grad-norm/sqrt(layers) and split the "
+    "noise between layers: equal, or entropy (shares follow each layer's released gradient "
+    "information, updated per epoch; same epsilon)",
     "cell_size": "dppix: side of the square cells averaged before the noise (divides the size)",
     "snapping": "laplace: floating-point-safe snapping mechanism (Mironov 2012) for real releases",
     "weight_floor": "weighted-laplace: budget weight outside the lung prior, in (0, 1] "

@@ -32,6 +32,8 @@ OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 ACCOUNTANTS = ("prv", "rdp")  # DP-SGD's privacy accountants (Opacus)
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")  # how Opacus computes per-image gradients
+CLIPPINGS = ("flat", "adaptive")  # DP-SGD's clip bound: fixed, or toward a quantile
+NOISE_ALLOCATIONS = ("equal", "entropy")  # DP-SGD's per-layer noise shares
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class RunConfig:
     accountant: str = "prv"
     physical_batch_size: int | None = None
     grad_sample_mode: str = "hooks"
+    clipping: str = "flat"
+    target_unclipped_quantile: float | None = None
+    noise_allocation: str | None = None
     cell_size: int | None = None
     snapping: bool = False
     weight_floor: float | None = None
@@ -142,6 +147,11 @@ class RunConfig:
             raise ConfigError("set noise_scale or target_epsilon, not both")
         if self.target_epsilon is not None and self.target_epsilon <= 0:
             raise ConfigError(f"target_epsilon must be > 0, got {self.target_epsilon:g}")
+        adaptive = self.target_unclipped_quantile is not None or self.noise_allocation
+        if self.technique != "dp-sgd" and (self.clipping != "flat" or adaptive):
+            raise ConfigError(
+                "clipping, target_unclipped_quantile and noise_allocation are for dp-sgd"
+            )
         if self.is_table:
             self._check_table()
         else:
@@ -275,6 +285,22 @@ class RunConfig:
             raise ConfigError(f"delta must lie in [0, 1) (0 = 1/N^1.1), got {self.delta:g}")
         if self.physical_batch_size is not None and self.physical_batch_size < 1:
             raise ConfigError("physical_batch_size must be a positive integer")
+        self._check_adaptive()
+
+    def _check_adaptive(self) -> None:
+        """Adaptive clipping (target quantile in (0, 1)) or a noise allocation, not both."""
+        _choice("clipping", self.clipping, CLIPPINGS)
+        if self.noise_allocation is not None:
+            _choice("noise_allocation", self.noise_allocation, NOISE_ALLOCATIONS)
+        if self.clipping == "adaptive" and self.noise_allocation is not None:
+            raise ConfigError(
+                "noise_allocation clips per layer: use it with clipping flat, not adaptive"
+            )
+        quantile = self.target_unclipped_quantile
+        if quantile is not None and self.clipping != "adaptive":
+            raise ConfigError("target_unclipped_quantile is for clipping adaptive")
+        if quantile is not None and not 0 < quantile < 1:
+            raise ConfigError(f"target_unclipped_quantile must lie in (0, 1), got {quantile:g}")
 
 
 _HINTS = typing.get_type_hints(RunConfig)

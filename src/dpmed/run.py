@@ -91,6 +91,9 @@ def run_experiment(
             accountant=config.accountant,
             physical_batch_size=config.physical_batch_size,
             grad_sample_mode=config.grad_sample_mode,
+            clipping=config.clipping,
+            target_unclipped_quantile=config.target_unclipped_quantile,
+            noise_allocation=config.noise_allocation,
         )
         log(
             f"privacy: DP-SGD with noise multiplier {dp.noise_multiplier:.4g}, clipping "

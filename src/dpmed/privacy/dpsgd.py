@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from opacus.accountants import create_accountant
@@ -24,6 +24,13 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from dpmed.errors import ConfigError
+from dpmed.privacy.adaptive_dpsgd import (
+    AdaptiveClipping,
+    NoiseAllocation,
+    count_noise_std,
+    gradient_noise_multiplier,
+    layer_groups,
+)
 from dpmed.privacy.guarantee import PrivacyGuarantee
 
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
@@ -83,6 +90,10 @@ class DPSGD:
     accountant_name: str
     physical_batch_size: int
     grad_sample_mode: str = "hooks"
+    clipping: str = "flat"  # or "adaptive" (dpmed.privacy.adaptive_dpsgd)
+    target_unclipped_quantile: float = 0.5
+    noise_allocation: str | None = None  # per-group clipping: "equal" or "entropy" shares
+    optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.accountant = create_accountant(mechanism=self.accountant_name)
@@ -93,14 +104,29 @@ class DPSGD:
         """The model with per-example gradients and the optimizer that clips and noises."""
         check_trainable(model)
         private = prepare_module(model, self.grad_sample_mode, loss_reduction="mean")
-        dp_optimizer = DPOptimizer(
-            optimizer,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            expected_batch_size=max(1, round(self.sample_rate * n_train)),
-            loss_reduction="mean",
-        )
+        settings = {
+            "noise_multiplier": self.noise_multiplier,
+            "max_grad_norm": self.max_grad_norm,
+            "expected_batch_size": max(1, round(self.sample_rate * n_train)),
+            "loss_reduction": "mean",
+        }
+        if self.clipping == "adaptive":
+            quantile = self.target_unclipped_quantile
+            dp_optimizer = AdaptiveClipping(
+                optimizer, target_unclipped_quantile=quantile, **settings
+            )
+        elif self.noise_allocation:
+            dp_optimizer = NoiseAllocation(
+                optimizer,
+                groups=layer_groups(model),
+                allocation=self.noise_allocation,
+                steps_per_update=math.ceil(1 / self.sample_rate),  # once per epoch
+                **settings,
+            )
+        else:
+            dp_optimizer = DPOptimizer(optimizer, **settings)
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
+        self.optimizer = dp_optimizer
         return private, dp_optimizer
 
     def batches(self, n_train: int, generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
@@ -117,6 +143,12 @@ class DPSGD:
 
     def epsilon(self) -> float:
         return float(self.accountant.get_epsilon(delta=self.delta)) if self.steps else 0.0
+
+    @property
+    def adaptive(self) -> AdaptiveClipping | NoiseAllocation | None:
+        """The optimizer of an adaptive variant once wrapped; None for flat DP-SGD."""
+        adaptive = isinstance(self.optimizer, AdaptiveClipping | NoiseAllocation)
+        return self.optimizer if adaptive else None
 
 
 ASSUMPTIONS = (
@@ -139,9 +171,13 @@ def plan_dpsgd(
     accountant: str,
     physical_batch_size: int | None,
     grad_sample_mode: str = "hooks",
+    clipping: str = "flat",
+    target_unclipped_quantile: float | None = None,
+    noise_allocation: str | None = None,
 ) -> DPSGD:
     """DP-SGD for `n_train` images: sample rate batch/N, delta (0 -> 1/N^1.1), and the
-    noise multiplier given or calibrated so that `target_epsilon` is never exceeded."""
+    noise multiplier given or calibrated so that `target_epsilon` is never exceeded.
+    Adaptive variants keep that multiplier for the whole step (see adaptive_dpsgd)."""
     if batch_size > n_train:
         raise ConfigError(
             f"batch_size {batch_size} is larger than the {n_train} training images; lower it"
@@ -156,6 +192,11 @@ def plan_dpsgd(
             steps=steps_for(epochs, sample_rate),
             accountant=accountant,
         )
+    if clipping == "adaptive":
+        try:
+            gradient_noise_multiplier(noise_multiplier, count_noise_std(batch_size))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return DPSGD(
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
@@ -164,27 +205,41 @@ def plan_dpsgd(
         accountant_name=accountant,
         physical_batch_size=physical_batch_size or batch_size,
         grad_sample_mode=grad_sample_mode,
+        clipping=clipping,
+        target_unclipped_quantile=target_unclipped_quantile or 0.5,
+        noise_allocation=noise_allocation,
     )
+
+
+ADAPTIVE_ASSUMPTION = (
+    "the clip bound or the noise shares adapt only on noisy values already released "
+    "(post-processing); the noise multiplier accounted covers the whole step"
+)
 
 
 def dpsgd_guarantee(dp: DPSGD, *, unit: str = "image") -> PrivacyGuarantee:
     """What the accountant says was spent per training example (an image or a record)."""
+    adaptive = dp.adaptive
     return PrivacyGuarantee(
         mechanism="dp-sgd",
         unit=unit,
         epsilon=dp.epsilon(),
         delta=dp.delta,
         accounting=f"Opacus {dp.accountant_name.upper()} accountant over {dp.steps} steps "
-        f"(noise multiplier {dp.noise_multiplier:.4g}, sample rate {dp.sample_rate:.4g})",
-        assumptions=ASSUMPTIONS,
+        f"(noise multiplier {dp.noise_multiplier:.4g}, sample rate {dp.sample_rate:.4g})"
+        + (f"; {adaptive.accounting_note()}" if adaptive else ""),
+        assumptions=ASSUMPTIONS + ((ADAPTIVE_ASSUMPTION,) if adaptive else ()),
     )
 
 
 def dpsgd_settings(dp: DPSGD, *, target_epsilon: float | None) -> dict:
-    """The DP-SGD settings the summary records beside its guarantee."""
+    """The DP-SGD settings the summary records beside its guarantee, and what adapted."""
     return {
         "noise_multiplier": dp.noise_multiplier,
         "max_grad_norm": dp.max_grad_norm,
+        "clipping": dp.clipping,
+        "noise_allocation": dp.noise_allocation,
+        "adapted": dp.adaptive.adapted() if dp.adaptive else {},
         "sample_rate": dp.sample_rate,
         "steps": dp.steps,
         "accountant": dp.accountant_name,
