@@ -9,6 +9,7 @@ from dpmed.config import RunConfig
 from dpmed.errors import ConfigError
 from dpmed.models import build_model
 from dpmed.privacy.dpsgd import DPSGD, check_trainable
+from dpmed.train import loop
 from dpmed.train.loop import TrainSettings, evaluate, fit
 
 
@@ -67,6 +68,7 @@ def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(tmp_path):
     check_trainable(model)
     seen = []
     model.frozen.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    loop._FEATURES.clear()
     data, dp, records = _dp_fit(tmp_path, model, epochs=3)
     assert sum(seen) == sum(len(labels) for _, labels in data.values())  # each image once
     assert dp.steps == 3 * 8 and dp.epsilon() > 0
@@ -76,6 +78,11 @@ def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(tmp_path):
     assert test["accuracy"] == records[-1].metrics["test"]["accuracy"]
     assert test["loss"] == pytest.approx(records[-1].metrics["test"]["loss"], rel=1e-5)
     assert set(torch.load(tmp_path / "m.pt")) == {"2.weight", "2.bias"}  # the head's weights
+    passed = sum(seen)
+    again = build_model("scatternet")[0]  # another run on the same images reuses them
+    again.frozen.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    _dp_fit(tmp_path, again, epochs=1)
+    assert sum(seen) == passed
 
 
 def test_augmentation_is_refused_for_fixed_features(tmp_path):

@@ -91,10 +91,16 @@ class Sweep:
 
 
 def run_id(config: RunConfig) -> str:
-    """Stable id of an experiment: a hash of its resolved config, data location left out
-    (where the data lives does not change the experiment)."""
+    """Stable id of an experiment: a hash of the resolved settings that differ from the
+    defaults (so a new setting does not rename old runs), data location left out (where
+    the data lives does not change the experiment)."""
     settings = config.replace(image_size=config.resolved_image_size, data_root=None).to_dict()
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    defaults = _DEFAULTS.to_dict()
+    changed = {k: v for k, v in settings.items() if v != defaults[k]}
+    return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_DEFAULTS = RunConfig()
 
 
 def _with_absolute_paths(config: RunConfig) -> RunConfig:

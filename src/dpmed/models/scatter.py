@@ -35,6 +35,10 @@ class Scattering(nn.Module):
         super().__init__()
         self.transform = ScatteringTorch2D(J=scales, shape=(image_size, image_size), L=angles)
 
+    def extra_repr(self) -> str:
+        t = self.transform
+        return f"J={t.J}, L={t.L}, shape={tuple(t.shape)}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x).flatten(1, 2)  # kymatio keeps the input channel as a dim
 
