@@ -109,7 +109,10 @@ def frontier(lines: dict[str, list[dict]], units: list[str], path: Path) -> None
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)
     }
     fig.suptitle("privacy-utility frontier (smaller epsilon = stronger privacy)")
-    fig.tight_layout(rect=(0, 0.04 * (1 + len(legend) / 2), 1, 1))
-    fig.legend(legend.values(), legend.keys(), loc="lower center", fontsize=8)
+    legend_height = 0.3 + 0.19 * len(legend)  # inches: one line per entry, below the plots
+    height = 3.8 * len(units) + legend_height
+    fig.set_size_inches(10, height)
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", fontsize=8, frameon=False)
     fig.savefig(path, dpi=120)
     plt.close(fig)
