@@ -56,8 +56,7 @@ def learning_curves(curves: dict[str, dict[str, list[float]]], path: Path, title
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    _legend_below(fig, dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True)), 4.5)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -109,10 +108,16 @@ def frontier(lines: dict[str, list[dict]], units: list[str], path: Path) -> None
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)
     }
     fig.suptitle("privacy-utility frontier (smaller epsilon = stronger privacy)")
-    legend_height = 0.3 + 0.19 * len(legend)  # inches: one line per entry, below the plots
-    height = 3.8 * len(units) + legend_height
-    fig.set_size_inches(10, height)
-    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
-    fig.legend(legend.values(), legend.keys(), loc="lower center", fontsize=8, frameon=False)
+    _legend_below(fig, legend, 3.8 * len(units))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _legend_below(fig: plt.Figure, legend: dict, plots_height: float) -> None:
+    """Grow the figure by one line per legend entry and put the legend there, below the
+    plots, so that a sweep with many settings never covers its own curves."""
+    legend_height = 0.3 + 0.19 * len(legend)  # inches
+    height = plots_height + legend_height
+    fig.set_size_inches(fig.get_size_inches()[0], height)
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", fontsize=8, frameon=False)
