@@ -66,6 +66,8 @@ def test_dp_sgd_mlp_on_a_table_spends_at_most_its_target_and_learns(tmp_path):
         (["--technique", "gaussian"], "unknown technique 'gaussian'"),
         (["--augment", "true"], "augment are for images"),
         (["--importance-share", "1"], "importance_share must lie in"),
+        (["--weight-floor", "0.5"], "weight_floor is for images"),
+        (["--target-epsilon", "1"], "target_epsilon is set but technique is 'none'"),
         (["--table", "x.csv"], "table and schema are for dataset csv"),
     ],
 )

@@ -216,6 +216,7 @@ class RunConfig:
             "weights",
             "postprocess",
             "max_images",
+            "weight_floor",
         )
         for name in image_only:
             if getattr(self, name) not in (None, 0, 0.0):
@@ -231,8 +232,6 @@ class RunConfig:
         noisy = self.technique not in ("none", "dp-sgd")
         if noisy and self.target_epsilon is None:
             raise ConfigError(f"technique {self.technique} needs --target-epsilon (per record)")
-        if self.technique == "none" and self.target_epsilon is not None:
-            raise ConfigError("target_epsilon is set but technique is 'none'")
         if self.technique == "diffprivlib" and self.model not in CLASSIFIERS:
             raise ConfigError(
                 f"technique diffprivlib trains {', '.join(CLASSIFIERS)}, not {self.model}"

@@ -37,7 +37,6 @@ from opacus.optimizers.adaclipoptimizer import AdaClipDPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
 from torch import nn
 
-CLIPPINGS = ("flat", "adaptive")
 NOISE_ALLOCATIONS = ("equal", "entropy")
 
 # Andrew et al.'s recommended settings: geometric step 0.2, count noise std = batch / 20.
