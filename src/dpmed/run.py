@@ -124,7 +124,7 @@ def run_experiment(
             from dpmed.privacy.dpsgd import dpsgd_guarantee, dpsgd_settings
 
             privacy = record_privacy(
-                dpsgd_guarantee(dp, unit="record"),
+                dpsgd_guarantee(dp, unit="record", balanced_loss=config.balanced_loss),
                 prepared.data,
                 **dpsgd_settings(dp, target_epsilon=config.target_epsilon),
             )
@@ -136,6 +136,7 @@ def run_experiment(
                 target_epsilon=config.target_epsilon,
                 images_per_patient=privacy["images_per_patient"],
                 assumptions=privacy["assumptions"],
+                balanced_loss=config.balanced_loss,
             )
         if config.technique == "diffprivlib":
             privacy = record_privacy(diffprivlib_guarantee(model), prepared.data)

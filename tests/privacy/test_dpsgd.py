@@ -2,12 +2,20 @@ import dp_accounting
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.models import resnet18
 
 from dpmed.errors import ConfigError
 from dpmed.models import build_model
-from dpmed.privacy.dpsgd import DPSGD, calibrate_noise, check_trainable, epsilon_after
-from dpmed.train.loop import TrainSettings, fit
+from dpmed.privacy.dpsgd import (
+    BALANCED_LOSS,
+    DPSGD,
+    calibrate_noise,
+    check_trainable,
+    dpsgd_guarantee,
+    epsilon_after,
+)
+from dpmed.train.loop import TrainSettings, _loss, fit
 
 
 def _independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> dict[str, float]:
@@ -95,3 +103,40 @@ def test_physical_chunks_do_not_change_the_result(tmp_path):
 def test_dp_sgd_learns_an_easy_task_with_moderate_noise(tmp_path):
     _, _, records = _dp_fit(tmp_path, sigma=0.5, epochs=4, lr=0.5)
     assert records[-1].metrics["test"]["roc_auc"] > 0.8
+
+
+def _first_example_grad(loss_fn, labels: list[int]) -> torch.Tensor:
+    """Opacus's per-example gradient of example 0 of a batch with these labels."""
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    model = GradSampleModule(torch.nn.Linear(3, 2))
+    x = torch.ones(len(labels), 3)
+    loss_fn(model(x), torch.tensor(labels)).backward()
+    return model._module.weight.grad_sample[0].clone()
+
+
+def test_a_balanced_loss_keeps_each_examples_gradient_its_own():
+    """DP-SGD's clipping bounds one example's effect only if its gradient does not depend
+    on the others; PyTorch's weighted mean divides by the batch's summed weights."""
+    weights = torch.tensor([0.7, 1.9])
+    ours = lambda logits, y: _loss(logits, y, weights)  # noqa: E731
+    assert torch.allclose(
+        _first_example_grad(ours, [0, 0, 0]), _first_example_grad(ours, [0, 1, 1])
+    )
+    torch_mean = lambda logits, y: F.cross_entropy(logits, y, weight=weights)  # noqa: E731
+    a, b = _first_example_grad(torch_mean, [0, 0, 0]), _first_example_grad(torch_mean, [0, 1, 1])
+    assert not torch.allclose(a, b)
+
+
+def test_a_balanced_loss_is_named_in_the_dp_sgd_guarantee():
+    dp = DPSGD(
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        sample_rate=0.1,
+        delta=1e-5,
+        accountant_name="rdp",
+        physical_batch_size=8,
+    )
+    assert BALANCED_LOSS in dpsgd_guarantee(dp, balanced_loss=True).assumptions
+    assert BALANCED_LOSS not in dpsgd_guarantee(dp).assumptions

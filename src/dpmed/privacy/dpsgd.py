@@ -211,15 +211,25 @@ def plan_dpsgd(
     )
 
 
+BALANCED_LOSS = (
+    "balanced loss: the training set's class counts, which set the loss weights, are "
+    "treated as public (e.g. a published prevalence)"
+)
+
 ADAPTIVE_ASSUMPTION = (
     "the clip bound or the noise shares adapt only on noisy values already released "
     "(post-processing); the noise multiplier accounted covers the whole step"
 )
 
 
-def dpsgd_guarantee(dp: DPSGD, *, unit: str = "image") -> PrivacyGuarantee:
+def dpsgd_guarantee(
+    dp: DPSGD, *, unit: str = "image", balanced_loss: bool = False
+) -> PrivacyGuarantee:
     """What the accountant says was spent per training example (an image or a record)."""
     adaptive = dp.adaptive
+    extra = ((ADAPTIVE_ASSUMPTION,) if adaptive else ()) + (
+        (BALANCED_LOSS,) if balanced_loss else ()
+    )
     return PrivacyGuarantee(
         mechanism="dp-sgd",
         unit=unit,
@@ -228,7 +238,7 @@ def dpsgd_guarantee(dp: DPSGD, *, unit: str = "image") -> PrivacyGuarantee:
         accounting=f"Opacus {dp.accountant_name.upper()} accountant over {dp.steps} steps "
         f"(noise multiplier {dp.noise_multiplier:.4g}, sample rate {dp.sample_rate:.4g})"
         + (f"; {adaptive.accounting_note()}" if adaptive else ""),
-        assumptions=ASSUMPTIONS + ((ADAPTIVE_ASSUMPTION,) if adaptive else ()),
+        assumptions=ASSUMPTIONS + extra,
     )
 
 
@@ -253,10 +263,11 @@ def dpsgd_privacy(
     target_epsilon: float | None,
     images_per_patient: int,
     assumptions: list[str] = (),
+    balanced_loss: bool = False,
 ) -> dict:
     """The `privacy` entry of summary.json after training on images: the epsilon actually
     spent per image, and per patient by group privacy: (k eps, k e^((k-1) eps) delta)."""
-    image = dpsgd_guarantee(dp)
+    image = dpsgd_guarantee(dp, balanced_loss=balanced_loss)
     epsilon, k = image.epsilon, images_per_patient
     patient_delta = min(1.0, k * math.exp(min((k - 1) * epsilon, 700)) * dp.delta)
     return {

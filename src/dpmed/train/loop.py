@@ -119,9 +119,7 @@ def fit(
                         x = random_affine(x, generator)
                     with _autocast(device):
                         logits = trained(x)
-                    loss = F.cross_entropy(
-                        logits.float(), targets[chunk].to(device), weight=class_weights
-                    )
+                    loss = _loss(logits.float(), targets[chunk].to(device), class_weights)
                     loss.backward()
                     if i < len(chunks) - 1:  # DP-SGD: sum clipped chunks, noise once
                         optimizer.signal_skip_step(True)
@@ -233,8 +231,20 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
     return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+def _loss(
+    logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean cross-entropy, each example weighted by its class. Not PyTorch's weighted mean
+    (which divides by the batch's summed weights): there one example's gradient would
+    depend on the other examples' labels, and DP-SGD's per-example clipping bounds one
+    example's effect only if its gradient is its own."""
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    return (losses * class_weights[targets] if class_weights is not None else losses).mean()
+
+
 def _class_weights(labels: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Inverse class frequencies: labels are released in the clear, so this costs nothing."""
+    """Inverse class frequencies of the training labels. Under DP-SGD these counts are
+    treated as public, and the guarantee says so (dpmed.privacy.dpsgd.BALANCED_LOSS)."""
     counts = np.bincount(labels, minlength=2).clip(min=1)
     return torch.tensor(len(labels) / (2 * counts), dtype=torch.float32, device=device)
 
