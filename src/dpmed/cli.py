@@ -202,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         "when the sweep is the paper grid), learning curves, the privacy-utility frontier.",
     )
     report.add_argument("out", type=Path, help="the sweep's output folder (holding results.db)")
+    report.add_argument(
+        "--tune",
+        type=lambda text: [key.strip() for key in text.split(",") if key.strip()],
+        default=[],
+        metavar="SETTING[,SETTING]",
+        help="settings whose values are candidates (e.g. lr,max_grad_norm): add a table with "
+        "each seed's best on validation and the epsilon with the tuning included",
+    )
     report.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
 
     privacy = commands.add_parser(
@@ -293,7 +301,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from dpmed.report.build import build_report
 
-    for path in build_report(args.out):
+    for path in build_report(args.out, args.tune):
         print(f"wrote {path}")
     return 0
 

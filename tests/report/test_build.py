@@ -1,6 +1,9 @@
 import csv
 
+import pytest
+
 from dpmed import cli
+from dpmed.errors import ConfigError
 from dpmed.report.tables import group_runs, is_paper_grid, paper_table
 
 
@@ -82,3 +85,60 @@ def test_table_runs_are_reported_per_record_and_a_void_guarantee_says_so(tmp_pat
     privacy = {"epsilon": 2.0, "epsilon_per_record": 2.0, "guarantee_holds": False}
     assert epsilon_text(privacy, "record") == "2 (does not hold: bounds read from the data)"
     assert summary_table([])[0][-1] == "train accuracy (%)"
+
+
+def _candidate(lr, seed, val, test, val_loss=0.5):
+    return {
+        "id": f"{lr}-{seed}",
+        "name": f"lr={lr},seed={seed}",
+        "config": {"technique": "laplace", "lr": lr, "target_epsilon": 8, "seed": seed},
+        "summary": {
+            "val": {"accuracy": val, "loss": val_loss},
+            "test": {"accuracy": test, "roc_auc": 0.5, "sensitivity": 1.0, "specificity": 0.0},
+            "privacy": {
+                "mechanism": "laplace",
+                "unit": "image",
+                "epsilon": 8.0,
+                "delta": 0.0,
+                "epsilon_per_image": 8.0,
+                "release_sha256": {"train": f"seed{seed}"},
+            },
+        },
+    }
+
+
+def test_tuning_chooses_each_seed_on_validation_never_on_test():
+    from dpmed.report.tables import tune_runs, tuned_table
+
+    runs = [
+        _candidate(0.1, 0, val=0.9, test=0.60),
+        _candidate(1.0, 0, val=0.8, test=0.99),  # best on test: must not be chosen
+        _candidate(0.1, 1, val=0.7, test=0.70, val_loss=0.4),
+        _candidate(1.0, 1, val=0.7, test=0.95, val_loss=0.3),  # a tie broken by val loss
+    ]
+    [tuned] = tune_runs(runs, ["lr"])
+    assert [r["id"] for r in tuned.group.runs] == ["0.1-0", "1.0-1"]
+    assert tuned.candidates == 2 and tuned.chosen == "lr=0.1 (seed 0); lr=1.0 (seed 1)"
+    row = tuned_table([tuned])[1]
+    assert row[4] == "77.50 ± 24.75" and row[-1] == "8"  # one release per seed: free
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"), [("seed", "seeds are repeats"), ("epochs", "does not vary")]
+)
+def test_tuning_a_setting_that_is_not_a_candidate_is_a_clear_error(tune, message):
+    from dpmed.report.tables import tune_runs
+
+    with pytest.raises(ConfigError, match=message):
+        tune_runs([_candidate(0.1, 0, 0.9, 0.6), _candidate(1.0, 0, 0.8, 0.9)], [tune])
+
+
+def test_report_tune_on_a_real_sweep(tmp_path, tiny_sweep, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["bench", str(tiny_sweep), "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["report", str(out), "--tune", "lr"]) == 2
+    assert "cannot tune 'lr'" in capsys.readouterr().err
+    assert not (out / "report.md").exists()
+    assert cli.main(["report", str(out), "--tune", "noise_scale"]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Tuned on validation: noise_scale" in md and "| all runs | 2 | 2 |" in md

@@ -64,8 +64,18 @@ def calibrate_noise(
 def epsilon_after(
     *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str
 ) -> float:
+    return composed_epsilon(
+        [(noise_multiplier, sample_rate, steps)], delta=delta, accountant=accountant
+    )
+
+
+def composed_epsilon(
+    history: list[tuple[float, float, int]], *, delta: float, accountant: str
+) -> float:
+    """Epsilon at `delta` of the Poisson-subsampled Gaussian steps (noise multiplier,
+    sample rate, steps) of one or more trainings on the same data, composed."""
     counter = create_accountant(mechanism=accountant)
-    counter.history = [(noise_multiplier, sample_rate, steps)]
+    counter.history = list(history)
     return float(counter.get_epsilon(delta=delta))
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
+
+from dpmed.errors import ConfigError
 
 # Singh & Sikka, Table 1: accuracy (%) by Laplace scale b (0 = original images).
 PAPER_TABLE1 = {
@@ -58,6 +61,103 @@ def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
         label = ", ".join(f"{k}={run['config'][k]}" for k in varying) or "all runs"
         groups.setdefault(label, Group(label, settings, [])).runs.append(run)
     return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """One setting with its hyper-parameters chosen on validation, per seed."""
+
+    group: Group  # the chosen run of each seed; label: the settings not tuned
+    candidates: int  # candidates per seed
+    chosen: str  # what was chosen, e.g. "lr=0.5 (seeds 0, 1); lr=2 (seed 2)"
+    privacy: dict[str, Any]  # the guarantee with the tuning included (the most any seed spent)
+
+
+def tune_runs(runs: list[dict[str, Any]], tune: list[str]) -> list[Tuned]:
+    """For every setting other than `tune`, each seed's run with the best validation
+    accuracy (lower validation loss breaks ties) among its candidates, which differ only in
+    `tune`. Test metrics choose nothing; the guarantee composes all candidates."""
+    from dpmed.privacy.tuning import tuning_privacy
+
+    varying = varying_settings(runs)
+    for key in tune:
+        if key == "seed":
+            raise ConfigError("cannot tune 'seed': seeds are repeats; each is tuned on its own")
+        if key not in varying:
+            raise ConfigError(
+                f"cannot tune {key!r}: it does not vary in this sweep; "
+                f"settings that vary: {', '.join(varying) or 'none'}"
+            )
+    rest = [k for k in varying if k not in tune]
+    candidates: dict[str, dict[Any, list[dict[str, Any]]]] = {}
+    for run in runs:
+        label = ", ".join(f"{k}={run['config'][k]}" for k in rest) or "all runs"
+        candidates.setdefault(label, {}).setdefault(run["config"]["seed"], []).append(run)
+    tuned = []
+    for label, by_seed in candidates.items():
+        best = {
+            seed: max(seed_runs, key=lambda r: (_val(r, "accuracy"), -_val(r, "loss")))
+            for seed, seed_runs in by_seed.items()
+        }
+        choices: dict[str, list[str]] = {}
+        for seed, run in best.items():
+            choice = ", ".join(f"{k}={run['config'][k]}" for k in tune)
+            choices.setdefault(choice, []).append(str(seed))
+        spent = [tuning_privacy([r["summary"]["privacy"] for r in rs]) for rs in by_seed.values()]
+        tuned.append(
+            Tuned(
+                Group(label, {}, list(best.values())),
+                max(len(rs) for rs in by_seed.values()),
+                "; ".join(
+                    f"{c} (seed{'s' * (len(s) > 1)} {', '.join(s)})" for c, s in choices.items()
+                ),
+                max(spent, key=_spent_order),
+            )
+        )
+    return tuned
+
+
+def _val(run: dict[str, Any], metric: str) -> float:
+    return run["summary"]["val"][metric]
+
+
+def _spent_order(privacy: dict[str, Any]) -> tuple[float, ...]:
+    """Orders guarantees by what they spent, unit by unit (no noise counts as infinite)."""
+    values = (privacy.get(f"epsilon_per_{u}") for u in EPSILON_UNITS)
+    return tuple(math.inf if v is None else v for v in values)
+
+
+def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
+    units = [u for u in EPSILON_UNITS if any(f"epsilon_per_{u}" in t.privacy for t in tuned)]
+    rows = [
+        [
+            "setting",
+            "seeds",
+            "candidates per seed",
+            "chosen on validation",
+            "test accuracy (%)",
+            "test ROC-AUC",
+            "sensitivity",
+            "specificity",
+            *(f"epsilon per {u}, tuning included" for u in units),
+        ]
+    ]
+    for t in tuned:
+        g = t.group
+        rows.append(
+            [
+                g.label,
+                str(len(g.runs)),
+                str(t.candidates),
+                t.chosen,
+                g.mean_sd("test", "accuracy", scale=100),
+                g.mean_sd("test", "roc_auc", digits=3),
+                g.mean_sd("test", "sensitivity", digits=3),
+                g.mean_sd("test", "specificity", digits=3),
+                *(epsilon_text(t.privacy, u) for u in units),
+            ]
+        )
+    return rows
 
 
 def reported_units(runs: list[dict[str, Any]]) -> list[str]:
