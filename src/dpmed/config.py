@@ -19,6 +19,7 @@ import yaml
 from dpmed.data.tabular import TABLES
 from dpmed.errors import ConfigError
 from dpmed.models.tabular import CLASSIFIERS, TABLE_MODELS
+from dpmed.models.vision import SCATTERNETS
 from dpmed.privacy import MECHANISMS, InputMechanism, Unit, build_mechanism
 from dpmed.privacy.postprocess import check_postprocess, parse_postprocess
 
@@ -26,7 +27,7 @@ IMAGE_DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default ima
 DATASETS = (*IMAGE_DATASETS, *TABLES)
 TABLE_TECHNIQUES = ("none", "laplace", "adaptive-laplace", "diffprivlib", "dp-sgd")
 TECHNIQUES = ("none", *MECHANISMS, "adaptive-laplace", "diffprivlib", "dp-sgd")
-IMAGE_MODELS = ("resnet18", "resnet18-gn", "small-cnn", "scatternet")
+IMAGE_MODELS = ("resnet18", "resnet18-gn", "small-cnn", *SCATTERNETS)
 MODELS = (*IMAGE_MODELS, *TABLE_MODELS)
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
@@ -173,19 +174,19 @@ class RunConfig:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.weights is not None and self.model != "resnet18":
             raise ConfigError("weights are only supported for model 'resnet18'")
-        if self.model == "scatternet":
+        if self.model in SCATTERNETS:
             self._check_scatternet()
 
     def _check_scatternet(self) -> None:
         """ScatterNet's features are computed once per image: nothing to augment per epoch."""
         if self.augment:
             raise ConfigError(
-                "augment cannot be used with model scatternet: its fixed features are computed "
+                f"augment cannot be used with model {self.model}: its fixed features are computed "
                 "once per image before training; drop --augment or choose another model"
             )
         if self.resolved_image_size < 4:
             raise ConfigError(
-                f"model scatternet needs images of at least 4x4 (2^J, J = 2), "
+                f"model {self.model} needs images of at least 4x4 (2^J, J = 2), "
                 f"got image_size {self.resolved_image_size}"
             )
 

@@ -1,8 +1,10 @@
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dpmed import cli
 from dpmed.config import RunConfig
@@ -12,23 +14,42 @@ from dpmed.privacy.dpsgd import DPSGD, check_trainable
 from dpmed.train import loop
 from dpmed.train.loop import TrainSettings, evaluate, fit
 
+# model -> its trainable layers (index in the head): the linear layer; the CNN's 2 convs, 2 linears
+HEAD_LAYERS = {"scatternet": (2,), "scatternet-cnn": (1, 3, 7, 9)}
+MODELS = list(HEAD_LAYERS)
 
+
+def _head_weights(name):
+    return {f"{i}.{kind}" for i in HEAD_LAYERS[name] for kind in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize(("size", "side"), [(28, 7), (64, 16)])
-def test_shapes_and_only_the_head_is_trainable(size, side):
-    model, note = build_model("scatternet", image_size=size)
+def test_shapes_and_only_the_head_is_trainable(name, size, side):
+    model, note = build_model(name, image_size=size)
     assert "J=2, L=8" in note and "random init" in note
     x = torch.rand(3, 1, size, size)
     assert model.frozen(x).shape == (3, 81, side, side)  # 1 + 2*8 + 8^2 * 2*1/2 channels
     assert model(x).shape == (3, 2)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"head.2.weight", "head.2.bias"}
+    assert trainable == {f"head.{weight}" for weight in _head_weights(name)}
+    assert not list(model.frozen.parameters())  # its filters are fixed buffers
 
 
-def test_the_frozen_stage_is_fixed_and_normalisation_is_per_image():
+def test_the_cnn_head_stays_small_at_any_image_size():
+    sizes = {
+        size: sum(p.numel() for p in build_model("scatternet-cnn", image_size=size)[0].parameters())
+        for size in (28, 64)
+    }
+    assert sizes[28] == sizes[64] < 40_000  # the 16x16 features of 64 px are pooled to 4x4
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_frozen_stage_is_fixed_and_normalisation_is_per_image(name):
     torch.manual_seed(0)
-    first = build_model("scatternet")[0]
+    first = build_model(name)[0]
     torch.manual_seed(1)
-    second = build_model("scatternet")[0]
+    second = build_model(name)[0]
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(first.frozen(x), second.frozen(x))  # no random or learned filters
     features = first.frozen(x)
@@ -62,9 +83,10 @@ def _dp_fit(tmp_path, model, *, epochs, sigma=0.5):
     return data, dp, records
 
 
-def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(tmp_path):
+@pytest.mark.parametrize("name", MODELS)
+def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(name, tmp_path):
     torch.manual_seed(0)
-    model, _ = build_model("scatternet")
+    model, _ = build_model(name)
     check_trainable(model)
     seen = []
     model.frozen.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
@@ -77,24 +99,57 @@ def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(tmp_path):
     test = evaluate(model, *data["test"], device=torch.device("cpu"))
     assert test["accuracy"] == records[-1].metrics["test"]["accuracy"]
     assert test["loss"] == pytest.approx(records[-1].metrics["test"]["loss"], rel=1e-5)
-    assert set(torch.load(tmp_path / "m.pt")) == {"2.weight", "2.bias"}  # the head's weights
+    assert set(torch.load(tmp_path / "m.pt")) == _head_weights(name)  # the head's alone
     passed = sum(seen)
-    again = build_model("scatternet")[0]  # another run on the same images reuses them
+    other = next(m for m in MODELS if m != name)
+    again = build_model(other)[0]  # another run on the same images reuses them, any head
     again.frozen.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
     _dp_fit(tmp_path, again, epochs=1)
     assert sum(seen) == passed
 
 
-def test_augmentation_is_refused_for_fixed_features(tmp_path):
-    with pytest.raises(ConfigError, match="augment cannot be used with model scatternet"):
-        RunConfig(model="scatternet", augment=True)
+@pytest.mark.parametrize("grad_sample_mode", ["hooks", "functorch", "ew"])
+def test_opacus_gives_the_cnn_head_per_image_gradients(grad_sample_mode):
+    torch.manual_seed(0)
+    model, _ = build_model("scatternet-cnn")
+    check_trainable(model)
+    features, labels = model.frozen(torch.rand(4, 1, 28, 28)), torch.tensor([0, 1, 1, 0])
+    alone = copy.deepcopy(model.head)
+    loss = [F.cross_entropy(alone(features[i : i + 1]), labels[i : i + 1]) for i in range(4)]
+    grads = [torch.autograd.grad(one, [*alone.parameters()]) for one in loss]
+    expected = [torch.stack(per_image) for per_image in zip(*grads, strict=True)]  # per layer
+    dp = DPSGD(
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,  # no clipping: the step is the plain mean gradient
+        sample_rate=0.5,
+        delta=1e-5,
+        accountant_name="rdp",
+        physical_batch_size=4,
+        grad_sample_mode=grad_sample_mode,
+    )
+    optimizer = torch.optim.SGD(model.head.parameters(), lr=1.0)
+    head, dp_optimizer = dp.wrap(model.head, optimizer, n_train=8)
+    F.cross_entropy(head(features), labels).backward()
+    before = [p.detach().clone() for p in model.head.parameters()]
+    dp_optimizer.step()
+    assert dp.steps == 1
+    for p, old, per_image in zip(model.head.parameters(), before, expected, strict=True):
+        assert torch.allclose(p.grad_sample, per_image, atol=1e-6)
+        mean = per_image.mean(0)  # over 4 images, the expected batch (8 x rate 0.5)
+        assert torch.allclose(old - p.detach(), mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_augmentation_is_refused_for_fixed_features(name, tmp_path):
+    with pytest.raises(ConfigError, match=f"augment cannot be used with model {name}:"):
+        RunConfig(model=name, augment=True)
     with pytest.raises(ConfigError, match="at least 4x4"):
-        RunConfig(model="scatternet", image_size=3)
+        RunConfig(model=name, image_size=3)
     settings = TrainSettings(epochs=1, batch_size=32, lr=0.1, augment=True)
     data = {"train": _toy(32, 0), "val": _toy(8, 1)}
     with pytest.raises(ConfigError, match="augment"):
         fit(
-            build_model("scatternet")[0],
+            build_model(name)[0],
             data,
             settings,
             device=torch.device("cpu"),
@@ -102,11 +157,12 @@ def test_augmentation_is_refused_for_fixed_features(tmp_path):
         )
 
 
-def test_dp_sgd_on_real_pneumoniamnist_beats_chance(real_data, tmp_path):
+@pytest.mark.parametrize("name", MODELS)
+def test_dp_sgd_on_real_pneumoniamnist_beats_chance(name, real_data, tmp_path):
     """1,000 training images, noise multiplier 1 (epsilon about 4 per image), 3 epochs:
     well above always-pneumonia (62.5%). A fixed noise multiplier skips the calibration."""
     out = tmp_path / "scatter"
-    args = ["run", "--dataset", "pneumoniamnist", "--model", "scatternet", "--epochs", "3"]
+    args = ["run", "--dataset", "pneumoniamnist", "--model", name, "--epochs", "3"]
     args += ["--technique", "dp-sgd", "--noise-multiplier", "1", "--accountant", "rdp"]
     args += ["--batch-size", "128", "--optimizer", "sgd", "--lr", "0.5", "--balanced-loss", "true"]
     args += ["--max-images", "1000", "--quiet", "--data-root", str(real_data), "--out", str(out)]

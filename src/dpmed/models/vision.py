@@ -1,4 +1,4 @@
-"""Image classifiers: torchvision ResNet-18 with a 1-channel stem, a small CNN, ScatterNet."""
+"""Image classifiers: torchvision ResNet-18 with a 1-channel stem, a small CNN, ScatterNets."""
 
 from __future__ import annotations
 
@@ -11,24 +11,28 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from dpmed.errors import ConfigError, DataError
 
+SCATTERNETS = {"scatternet": "linear", "scatternet-cnn": "cnn"}  # model name -> ScatterNet head
+
 
 def build_model(
     name: str, *, num_classes: int = 2, weights: str | None = None, image_size: int = 28
 ) -> tuple[nn.Module, str]:
     """A fresh model for 1-channel images and a line saying how it was initialised
     (`image_size`: the side of the square images, which ScatterNet is built for)."""
-    if name == "scatternet":
+    if name in SCATTERNETS:
         from dpmed.models.scatter import ANGLES, SCALES, ScatterNet  # loads kymatio
 
-        note = f"scatternet: fixed scattering (J={SCALES}, L={ANGLES}), linear head, random init"
-        return ScatterNet(image_size, num_classes), note
+        head = SCATTERNETS[name]
+        note = f"{name}: fixed scattering (J={SCALES}, L={ANGLES}), {head} head, random init"
+        return ScatterNet(image_size, num_classes, head=head), note
     if name == "small-cnn":
         return SmallCNN(num_classes), "small-cnn from random init"
     if name == "resnet18-gn":
         return resnet18_groupnorm(num_classes), "resnet18-gn (GroupNorm) from random init"
     if name != "resnet18":
         raise ConfigError(
-            f"unknown model {name!r}; choose resnet18, resnet18-gn, small-cnn or scatternet"
+            f"unknown model {name!r}; choose resnet18, resnet18-gn, small-cnn, "
+            f"{' or '.join(SCATTERNETS)}"
         )
     model = resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
