@@ -299,6 +299,13 @@ def corrupt_root(kermany_root):
             [*DP_SGD, *PMNIST_50, "--batch-size", "16"],
             "DP-SGD cannot train this model: .*BatchNorm",
         ),
+        (["--augment-multiplicity", "2"], "add --augment"),
+        (["--augment", "true", "--augment-multiplicity", "0"], "augment_multiplicity must be >="),
+        (["--augment-multiplicity", "2.5"], "expected an integer"),
+        (
+            ["--model", "scatternet", "--augment", "true", "--augment-multiplicity", "4"],
+            "augment cannot be used with model scatternet",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(

@@ -45,11 +45,27 @@ def test_ints_are_accepted_as_floats_but_not_the_reverse():
         ({"unit": "voxel"}, "unknown unit 'voxel'"),
         ({"postprocess": "pool3"}, "pool3 does not divide the image size 64"),
         ({"postprocess": "nlm,sharpen"}, "unknown post-processing step 'sharpen'"),
+        ({"augment": True, "augment_multiplicity": 0}, "augment_multiplicity must be >= 1"),
+        ({"augment_multiplicity": 1.5}, "augment_multiplicity must be int"),
+        ({"augment_multiplicity": 2}, "copies are identical; add --augment"),
+        (
+            {"model": "scatternet", "augment": True, "augment_multiplicity": 2},
+            "augment cannot be used with model scatternet",
+        ),
+        (
+            {"dataset": "breast-cancer", "model": "mlp", "augment_multiplicity": 2},
+            "augment_multiplicity is for images, not the table breast-cancer",
+        ),
     ],
 )
 def test_bad_values_are_refused(values, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_mapping(values)
+
+
+def test_augment_multiplicity_defaults_to_one_and_takes_augmented_copies():
+    assert RunConfig().augment_multiplicity == 1
+    assert RunConfig(augment=True, augment_multiplicity=4).augment_multiplicity == 4
 
 
 def test_new_settings_build_their_mechanism():

@@ -36,7 +36,9 @@ FLAG_HELP = {
     "noise_multiplier": "dp-sgd: noise std / clipping norm (instead of --target-epsilon)",
     "max_grad_norm": "dp-sgd: per-image gradient clipping norm (default 1.0)",
     "accountant": "dp-sgd: privacy accountant, prv or rdp (default prv)",
-    "physical_batch_size": "dp-sgd: images per forward pass; the logical batch is --batch-size",
+    "physical_batch_size": "dp-sgd: images per forward pass (each with its "
+    "--augment-multiplicity copies: K times the rows in memory); the logical batch is "
+    "--batch-size",
     "grad_sample_mode": "dp-sgd: Opacus per-image gradients: hooks, functorch or ew",
     "clipping": "dp-sgd: flat (fixed --max-grad-norm) or adaptive (the bound follows a private "
     "quantile of the gradient norms, Andrew et al. 2021; same epsilon)",
@@ -62,6 +64,9 @@ FLAG_HELP = {
     "optimizer": f"optimizer: {', '.join(OPTIMIZERS)} (default adam)",
     "weight_decay": "weight decay (default 0)",
     "augment": "small random rotation, scale and shift of training images (default false)",
+    "augment_multiplicity": "K differently augmented copies of each training image per step "
+    "(needs --augment); dp-sgd averages an image's K gradients before clipping (De et al. "
+    "2022): same epsilon, about K times the compute (default 1)",
     "balanced_loss": "weight the loss by inverse class frequency (default false)",
     "ema_decay": "evaluate and keep an exponential moving average of the weights (e.g. 0.99)",
     "val_fraction": "share of train held out for validation, grouped by patient (default 0.1)",

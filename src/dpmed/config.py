@@ -70,6 +70,7 @@ class RunConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     augment: bool = False
+    augment_multiplicity: int = 1
     balanced_loss: bool = False
     ema_decay: float | None = None
     val_fraction: float = 0.1
@@ -176,13 +177,26 @@ class RunConfig:
             raise ConfigError("weights are only supported for model 'resnet18'")
         if self.model in SCATTERNETS:
             self._check_scatternet()
+        self._check_multiplicity()
+
+    def _check_multiplicity(self) -> None:
+        """K augmented copies per image (De et al. 2022): K >= 1, and differing copies."""
+        k = self.augment_multiplicity
+        if k < 1:
+            raise ConfigError(f"augment_multiplicity must be >= 1 (1 = one copy), got {k}")
+        if k > 1 and not self.augment:
+            raise ConfigError(
+                f"augment_multiplicity {k} needs augmentation, else the copies are identical; "
+                "add --augment"
+            )
 
     def _check_scatternet(self) -> None:
         """ScatterNet's features are computed once per image: nothing to augment per epoch."""
-        if self.augment:
+        if self.augment or self.augment_multiplicity != 1:
             raise ConfigError(
                 f"augment cannot be used with model {self.model}: its fixed features are computed "
-                "once per image before training; drop --augment or choose another model"
+                "once per image before training; drop --augment (and --augment-multiplicity) "
+                "or choose another model"
             )
         if self.resolved_image_size < 4:
             raise ConfigError(
@@ -224,6 +238,8 @@ class RunConfig:
                 raise ConfigError(f"{name} is for images, not the table {self.dataset}")
         if self.snapping or self.augment:
             raise ConfigError("snapping and augment are for images, not tables")
+        if self.augment_multiplicity != 1:
+            raise ConfigError(f"augment_multiplicity is for images, not the table {self.dataset}")
         if self.dataset == "csv" and not (self.table and self.schema):
             raise ConfigError("dataset csv needs --table FILE.csv and --schema FILE.yaml")
         if self.dataset != "csv" and (self.table or self.schema):

@@ -309,6 +309,7 @@ def _settings(config: RunConfig) -> TrainSettings:
         optimizer=config.optimizer,
         weight_decay=config.weight_decay,
         augment=config.augment,
+        augment_multiplicity=config.augment_multiplicity,
         balanced_loss=config.balanced_loss,
         seed=config.seed,
         ema_decay=config.ema_decay,

@@ -1,8 +1,12 @@
+import copy
+
 import dp_accounting
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from opacus.optimizers import DPOptimizer
+from torch import nn
 from torchvision.models import resnet18
 
 from dpmed.errors import ConfigError
@@ -15,7 +19,7 @@ from dpmed.privacy.dpsgd import (
     dpsgd_guarantee,
     epsilon_after,
 )
-from dpmed.train.loop import TrainSettings, _loss, fit
+from dpmed.train.loop import TrainSettings, _average_copies, _loss, fit, random_affine
 
 
 def _independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> dict[str, float]:
@@ -66,7 +70,7 @@ def _toy(n=256, seed=0):
     return images.astype(np.float16), labels
 
 
-def _dp_fit(tmp_path, *, sigma, epochs=1, lr=0.05, physical=1000, data=None):
+def _dp_fit(tmp_path, *, sigma, epochs=1, lr=0.05, physical=1000, data=None, **settings):
     torch.manual_seed(0)
     model, _ = build_model("small-cnn")
     data = data or {"train": _toy(), "val": _toy(64, 1), "test": _toy(64, 2)}
@@ -78,7 +82,9 @@ def _dp_fit(tmp_path, *, sigma, epochs=1, lr=0.05, physical=1000, data=None):
         accountant_name="rdp",
         physical_batch_size=physical,
     )
-    settings = TrainSettings(epochs=epochs, batch_size=32, lr=lr, optimizer="sgd", seed=0)
+    settings = TrainSettings(
+        epochs=epochs, batch_size=32, lr=lr, optimizer="sgd", seed=0, **settings
+    )
     records = fit(
         model, data, settings, device=torch.device("cpu"), checkpoint=tmp_path / "m.pt", dp=dp
     )
@@ -140,3 +146,91 @@ def test_a_balanced_loss_is_named_in_the_dp_sgd_guarantee():
     )
     assert BALANCED_LOSS in dpsgd_guarantee(dp, balanced_loss=True).assumptions
     assert BALANCED_LOSS not in dpsgd_guarantee(dp).assumptions
+
+
+def _clipped_sum(gradients: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """Sum of the rows of per-example gradients (one tensor per parameter), each row
+    clipped to norm `clip` over all parameters."""
+    flat = torch.cat([g.flatten(1) for g in gradients], dim=1)
+    factors = (clip / (flat.norm(dim=1) + 1e-6)).clamp(max=1.0)
+    return (factors[:, None] * flat).sum(dim=0)
+
+
+def test_augmentation_multiplicity_clips_each_image_once(tmp_path):
+    """One DP step (no noise, clip C) over B images with K = 4 augmented copies each: B
+    per-image gradients, each the mean of its copies' gradients clipped to C, summed and
+    divided by the expected B images. Clipping every copy instead would add up to K*B*C."""
+    images, copies, n_train, clip = 5, 4, 50, 0.05
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 2)
+    )
+    plain = copy.deepcopy(net)
+    x = random_affine(
+        torch.randn(images, 1, 6, 6).repeat_interleave(copies, 0), torch.Generator().manual_seed(0)
+    )
+    y = torch.tensor([0, 1, 1, 0, 1]).repeat_interleave(copies)
+    dp = DPSGD(
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        sample_rate=images / n_train,
+        delta=1e-5,
+        accountant_name="rdp",
+        physical_batch_size=images,
+    )
+    private, optimizer = dp.wrap(net, torch.optim.SGD(net.parameters(), lr=1.0), n_train)
+    before = torch.cat([p.detach().flatten() for p in net.parameters()])
+    _loss(private(x), y, None).backward()
+    _average_copies(private, copies)
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in optimizer.grad_samples], 1).norm(dim=1)
+    assert len(norms) == images and (norms > clip).all()  # one row per image, each clipped
+    optimizer.step()
+    summed = images * (before - torch.cat([p.detach().flatten() for p in net.parameters()]))
+
+    rows = []  # every copy's own gradient, by plain autograd on an untouched twin
+    for j in range(len(y)):
+        plain.zero_grad()
+        _loss(plain(x[j : j + 1]), y[j : j + 1], None).backward()
+        rows.append([p.grad.clone() for p in plain.parameters()])
+    per_copy = [torch.stack(g) for g in zip(*rows, strict=True)]
+    per_image = [g.view(images, copies, *g.shape[1:]).mean(dim=1) for g in per_copy]
+    assert torch.allclose(summed, _clipped_sum(per_image, clip), atol=1e-6)
+    assert summed.norm() <= images * clip * (1 + 1e-5)
+    clipped_copies = _clipped_sum(per_copy, clip)  # what skipping the average would add
+    assert not torch.allclose(summed, clipped_copies, atol=1e-3)
+    assert clipped_copies.norm() > images * clip
+
+
+def test_fit_clips_one_row_per_image_with_copies(tmp_path, monkeypatch):
+    """Inside fit, Opacus clips as many rows as the chunk has images, not images x K; an
+    empty Poisson batch still takes its noise-only step."""
+    drawn, clipped = [], []
+    draw, clip = DPSGD.batches, DPOptimizer.clip_and_accumulate
+
+    def batches(self, n_train, generator):
+        yield []  # an empty Poisson batch first
+        yield from draw(self, n_train, generator)
+
+    def record_draws(self, n_train, generator):
+        for chunks in batches(self, n_train, generator):
+            drawn.extend([len(chunk) for chunk in chunks] or [0])
+            yield chunks
+
+    def record_clips(self):
+        clipped.append(len(self.grad_samples[0]))
+        clip(self)
+
+    monkeypatch.setattr(DPSGD, "batches", record_draws)
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", record_clips)
+    _, dp, _ = _dp_fit(tmp_path, sigma=1.0, physical=13, augment=True, augment_multiplicity=4)
+    assert clipped == drawn and sum(drawn) > 0
+    assert dp.steps == 8 + 1
+
+
+def test_identical_copies_take_the_same_dp_steps_as_one(tmp_path):
+    """Un-augmented copies average to the image's own gradient: K = 2 trains like K = 1
+    (no noise, chunked). Without the average each image would count twice."""
+    one, _, _ = _dp_fit(tmp_path, sigma=0.0, physical=13)
+    two, _, _ = _dp_fit(tmp_path, sigma=0.0, physical=13, augment_multiplicity=2)
+    for a, b in zip(one.parameters(), two.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -1,8 +1,23 @@
-import numpy as np
-import torch
+import copy
 
+import numpy as np
+import pytest
+import torch
+from opacus.grad_sample.utils import prepare_module
+from torch import nn
+
+from dpmed.config import GRAD_SAMPLE_MODES
 from dpmed.models import build_model
-from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, evaluate, fit, random_affine
+from dpmed.train.loop import (
+    EpochRecord,
+    TrainSettings,
+    _average_copies,
+    _loss,
+    best_epoch,
+    evaluate,
+    fit,
+    random_affine,
+)
 
 
 def _record(epoch, val_acc, val_loss, test_acc):
@@ -78,3 +93,55 @@ def test_ema_weights_are_what_is_evaluated_and_checkpointed(tmp_path):
     restored.load_state_dict(saved)
     val = evaluate(restored, *data["val"], device=torch.device("cpu"))
     assert val == best_epoch(records).metrics["val"]
+
+
+def _tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 2)
+    )
+
+
+def _row_gradients(net, x, y, weights) -> list[torch.Tensor]:
+    """Each row's own gradient by plain autograd, one (rows, *shape) tensor per parameter."""
+    rows = []
+    for j in range(len(y)):
+        net.zero_grad()
+        _loss(net(x[j : j + 1]), y[j : j + 1], weights).backward()
+        rows.append([p.grad.clone() for p in net.parameters()])
+    return [torch.stack(per_param) for per_param in zip(*rows, strict=True)]
+
+
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_averaging_copies_gives_each_image_the_mean_of_its_copies_gradients(mode):
+    images, copies = 3, 4
+    net = _tiny_net()
+    x = torch.randn(images * copies, 1, 6, 6)  # every copy differs, as augmented ones do
+    y = torch.tensor([0, 1, 1]).repeat_interleave(copies)
+    weights = torch.tensor([0.7, 1.9])
+    expected = [
+        g.view(images, copies, *g.shape[1:]).mean(dim=1)
+        for g in _row_gradients(copy.deepcopy(net), x, y, weights)
+    ]
+    private = prepare_module(net, mode, loss_reduction="mean")
+    _loss(private(x), y, weights).backward()
+    _average_copies(private, copies)
+    for p, mean in zip(private.parameters(), expected, strict=True):
+        assert p.grad_sample.shape == (images, *p.shape)
+        assert torch.allclose(p.grad_sample, mean, atol=1e-6)
+
+
+def test_identical_copies_train_like_one_copy(tmp_path):
+    """K un-augmented copies: the mean loss over B*K rows is the mean over the B images."""
+    data = {"train": _toy_data(), "val": _toy_data(seed=1), "test": _toy_data(seed=2)}
+    weights = []
+    for copies in (1, 3):
+        torch.manual_seed(0)
+        model, _ = build_model("small-cnn")
+        settings = TrainSettings(
+            epochs=1, batch_size=16, lr=3e-3, balanced_loss=True, augment_multiplicity=copies
+        )
+        fit(model, data, settings, device=torch.device("cpu"), checkpoint=tmp_path / "k.pt")
+        weights.append(list(model.parameters()))
+    for a, b in zip(*weights, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -6,6 +6,9 @@ The guarantee is (epsilon, delta)-DP per training *image* under add/remove adjac
 what the accountant reports for the noisy steps actually taken. Poisson sampling is what
 the accounting assumes, so batches are drawn that way (their size varies); a logical
 batch may be cut into physical chunks to fit memory without changing the guarantee.
+Augmentation multiplicity (K augmented copies per image, dpmed.train.loop) does not change
+it either: an image's K gradients are averaged before clipping, so each image still adds
+one vector of norm <= max_grad_norm to a noisy sum divided by the expected batch of images.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ class TrainSettings:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     augment: bool = False
+    augment_multiplicity: int = 1  # augmented copies of each image per step (De et al. 2022)
     balanced_loss: bool = False
     seed: int = 0
     ema_decay: float | None = None  # evaluate an exponential moving average of the weights
@@ -72,6 +73,8 @@ def fit(
     table rows (N,F), labels).
 
     With `dp`, training is DP-SGD: Poisson batches, per-example clipping and noise.
+    With `augment_multiplicity` K, every image is seen as K (augmented) copies: the loss is
+    the mean over all copies, and under DP-SGD an image's gradient is its copies' mean.
     A model with a `frozen` stage (fixed, no trainable weights, e.g. ScatterNet) has every
     split passed through it once; its `head` is then trained, evaluated and checkpointed."""
     model.to(device)
@@ -97,6 +100,7 @@ def fit(
         trained, optimizer = dp.wrap(model, optimizer, len(labels))
     class_weights = _class_weights(labels, device) if settings.balanced_loss else None
     targets = torch.from_numpy(labels)
+    copies = settings.augment_multiplicity
     records: list[EpochRecord] = []
     with make_progress() as progress:
         task = progress.add_task("training", total=settings.epochs * steps_per_epoch, status="")
@@ -114,13 +118,15 @@ def fit(
                 if not chunks:  # an empty Poisson batch still takes its noisy step
                     _empty_grad_samples(trained)
                 for i, chunk in enumerate(chunks):
-                    x = _to_input(images[chunk.numpy()], device)
+                    x = _to_input(images[chunk.numpy()], device).repeat_interleave(copies, 0)
                     if settings.augment:
                         x = random_affine(x, generator)
                     with _autocast(device):
                         logits = trained(x)
-                    loss = _loss(logits.float(), targets[chunk].to(device), class_weights)
-                    loss.backward()
+                    y = targets[chunk].repeat_interleave(copies).to(device)
+                    _loss(logits.float(), y, class_weights).backward()
+                    if dp and copies > 1:
+                        _average_copies(trained, copies)
                     if i < len(chunks) - 1:  # DP-SGD: sum clipped chunks, noise once
                         optimizer.signal_skip_step(True)
                         optimizer.step()
@@ -152,6 +158,17 @@ def _empty_grad_samples(model: nn.Module) -> None:
     for p in model.parameters():
         if p.requires_grad:
             p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+
+
+def _average_copies(model: nn.Module, copies: int) -> None:
+    """Each image's per-example gradient: the mean of its `copies` adjacent rows, taken
+    before clipping, so one image still adds one clipped vector and the accounting holds.
+    With the "mean" loss Opacus stores each row's own gradient; after one backward pass
+    (the loop steps and zeroes after each) `grad_sample` is one tensor, never a list."""
+    for p in model.parameters():
+        if p.requires_grad:
+            rows = p.grad_sample
+            p.grad_sample = rows.reshape(-1, copies, *rows.shape[1:]).mean(dim=1)
 
 
 @torch.no_grad()
