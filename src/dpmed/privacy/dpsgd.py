@@ -6,6 +6,12 @@ The guarantee is (epsilon, delta)-DP per training *image* under add/remove adjac
 what the accountant reports for the noisy steps actually taken. Poisson sampling is what
 the accounting assumes, so batches are drawn that way (their size varies); a logical
 batch may be cut into physical chunks to fit memory without changing the guarantee.
+
+`grad_sample_mode` says how Opacus gets each example's gradient norm: from per-example
+gradients (hooks, functorch, ew), or by ghost clipping (Li et al. 2022; Opacus's fast
+gradient clipping): norms from each layer's activations and output gradients, then a
+second backward pass over the loss with each example's term scaled by its clip factor.
+Same clipped sum, same guarantee; per-example gradients are never all held at once.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample.utils import prepare_module
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
 
@@ -94,16 +101,24 @@ class DPSGD:
     target_unclipped_quantile: float = 0.5
     noise_allocation: str | None = None  # per-group clipping: "equal" or "entropy" shares
     optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
+    module: nn.Module | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.ghost and (self.clipping == "adaptive" or self.noise_allocation):
+            raise ValueError("the adaptive variants need per-image gradients, which ghost lacks")
         self.accountant = create_accountant(mechanism=self.accountant_name)
+
+    @property
+    def ghost(self) -> bool:
+        return self.grad_sample_mode == "ghost"
 
     def wrap(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, n_train: int
     ) -> tuple[nn.Module, DPOptimizer]:
         """The model with per-example gradients and the optimizer that clips and noises."""
         check_trainable(model)
-        private = prepare_module(model, self.grad_sample_mode, loss_reduction="mean")
+        ghost = {"max_grad_norm": self.max_grad_norm} if self.ghost else {}
+        private = prepare_module(model, self.grad_sample_mode, loss_reduction="mean", **ghost)
         settings = {
             "noise_multiplier": self.noise_multiplier,
             "max_grad_norm": self.max_grad_norm,
@@ -123,11 +138,30 @@ class DPSGD:
                 steps_per_update=math.ceil(1 / self.sample_rate),  # once per epoch
                 **settings,
             )
+        elif self.ghost:
+            dp_optimizer = DPOptimizerFastGradientClipping(optimizer, **settings)
         else:
             dp_optimizer = DPOptimizer(optimizer, **settings)
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
-        self.optimizer = dp_optimizer
+        self.module, self.optimizer = private, dp_optimizer
         return private, dp_optimizer
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Backpropagate one chunk's per-example losses (as their mean); ghost clipping
+        needs them one by one for its second, clipped pass."""
+        if self.ghost:
+            DPTensorFastGradientClipping(self.module, self.optimizer, losses).backward()
+        else:
+            losses.mean().backward()
+
+    def empty_batch(self) -> None:
+        """Gradients of a batch of no images (per-example ones for the hook modes, their
+        zero sum for ghost), so that its step adds noise alone."""
+        for p in self.optimizer.params:
+            if self.ghost:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
 
     def batches(self, n_train: int, generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
         """One epoch: 1/q logical batches, each every image independently with prob q,
@@ -247,6 +281,7 @@ def dpsgd_settings(dp: DPSGD, *, target_epsilon: float | None) -> dict:
     return {
         "noise_multiplier": dp.noise_multiplier,
         "max_grad_norm": dp.max_grad_norm,
+        "grad_sample_mode": dp.grad_sample_mode,
         "clipping": dp.clipping,
         "noise_allocation": dp.noise_allocation,
         "adapted": dp.adaptive.adapted() if dp.adaptive else {},
