@@ -156,6 +156,23 @@ def test_ghost_clipping_takes_noise_only_steps_and_spends_the_same_epsilon(tmp_p
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def _noiseless_step(model, mode, x, targets, *, clip, lr=0.7):
+    """One DP-SGD step without noise on the batch x, as if 1 in 25 of 100 images."""
+    dp = DPSGD(
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        sample_rate=len(x) / 100,
+        delta=1e-5,
+        accountant_name="rdp",
+        physical_batch_size=len(x),
+        grad_sample_mode=mode,
+    )
+    private, optimizer = dp.wrap(model, torch.optim.SGD(model.parameters(), lr=lr), 100)
+    optimizer.zero_grad()
+    dp.backward(F.cross_entropy(private(x), targets, reduction="none"))
+    optimizer.step()
+
+
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_one_huge_gradient_moves_the_model_by_at_most_lr_clip_over_batch(mode):
     """Three examples with zero gradient and one whose gradient is ~1e3: without noise,
@@ -164,25 +181,25 @@ def test_one_huge_gradient_moves_the_model_by_at_most_lr_clip_over_batch(mode):
     torch.manual_seed(0)
     model = nn.Linear(3, 2, bias=False)
     before = model.weight.detach().clone()
-    dp = DPSGD(
-        noise_multiplier=0.0,
-        max_grad_norm=clip,
-        sample_rate=batch / 100,
-        delta=1e-5,
-        accountant_name="rdp",
-        physical_batch_size=batch,
-        grad_sample_mode=mode,
-    )
-    private, optimizer = dp.wrap(model, torch.optim.SGD(model.parameters(), lr=lr), 100)
     x = torch.zeros(batch, 3)
     x[0] = 1e3  # the others have input 0: no weight gradient
-    logits = private(x)
-    wrong = logits.argmin(dim=1)  # a confident mistake: a gradient of norm ~1e3
-    optimizer.zero_grad()
-    dp.backward(F.cross_entropy(logits, wrong, reduction="none"))
-    optimizer.step()
+    wrong = model(x).argmin(dim=1)  # a confident mistake: a gradient of norm ~1e3
+    _noiseless_step(model, mode, x, wrong, clip=clip, lr=lr)
     moved = (model.weight - before).norm().item()
     assert moved == pytest.approx(lr * clip / batch, rel=1e-4)
+
+
+def test_ghost_clipping_steps_resnet18_gn_as_per_image_gradients():
+    """Strided, 1x1 and deep convolutions (Gram-matrix norms) and GroupNorm."""
+    x, targets = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 1, 0])
+    models = {}
+    for mode in ("hooks", "ghost"):
+        torch.manual_seed(0)
+        models[mode] = build_model("resnet18-gn")[0]
+        _noiseless_step(models[mode], mode, x, targets, clip=0.5)
+    hooks, ghost = models.values()
+    for a, b in zip(hooks.parameters(), ghost.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_ghost_clipping_refuses_the_adaptive_variants():

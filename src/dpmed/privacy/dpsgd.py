@@ -11,7 +11,8 @@ batch may be cut into physical chunks to fit memory without changing the guarant
 gradients (hooks, functorch, ew), or by ghost clipping (Li et al. 2022; Opacus's fast
 gradient clipping): norms from each layer's activations and output gradients, then a
 second backward pass over the loss with each example's term scaled by its clip factor.
-Same clipped sum, same guarantee; per-example gradients are never all held at once.
+Same clipped sum, same guarantee; per-example gradients are never all held at once, and
+for Linear and most Conv2d layers never formed (dpmed.privacy.ghost_norms).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from opacus.validators import ModuleValidator
 from torch import nn
 
+import dpmed.privacy.ghost_norms  # noqa: F401  (registers ghost clipping's Conv2d norms)
 from dpmed.errors import ConfigError
 from dpmed.privacy.adaptive_dpsgd import (
     AdaptiveClipping,
