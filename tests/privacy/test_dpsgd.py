@@ -202,6 +202,22 @@ def test_ghost_clipping_steps_resnet18_gn_as_per_image_gradients():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+class _InputFreeLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen, self.unseen = nn.Linear(3, 2), nn.Linear(1, 2)
+
+    def forward(self, x):
+        return self.seen(x) + self.unseen(torch.ones(len(x), 1))  # never sees the input
+
+
+def test_ghost_clipping_refuses_a_layer_whose_norms_it_cannot_take():
+    """Ghost's first pass stops at the input: a layer off that path would keep no norm."""
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match="depend on the input"):
+        _noiseless_step(_InputFreeLayer(), "ghost", torch.randn(4, 3), torch.ones(4).long(), clip=1)
+
+
 def test_ghost_clipping_refuses_the_adaptive_variants():
     settings = dict(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1, delta=1e-5)
     settings |= dict(accountant_name="rdp", physical_batch_size=8, grad_sample_mode="ghost")

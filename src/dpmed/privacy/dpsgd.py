@@ -9,10 +9,12 @@ batch may be cut into physical chunks to fit memory without changing the guarant
 
 `grad_sample_mode` says how Opacus gets each example's gradient norm: from per-example
 gradients (hooks, functorch, ew), or by ghost clipping (Li et al. 2022; Opacus's fast
-gradient clipping): norms from each layer's activations and output gradients, then a
-second backward pass over the loss with each example's term scaled by its clip factor.
-Same clipped sum, same guarantee; per-example gradients are never all held at once, and
-for Linear and most Conv2d layers never formed (dpmed.privacy.ghost_norms).
+gradient clipping): a first backward pass gives each layer's per-example norms from its
+activations and output gradients, a second one the gradient of the loss with each
+example's term scaled by its clip factor. Same clipped sum, same guarantee; per-example
+gradients are never all held at once, and for Linear and most Conv2d layers never formed
+(dpmed.privacy.ghost_norms). Unlike Opacus's DPTensorFastGradientClipping, the first pass
+stops at the input and skips the weight gradients it would throw away.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
 
@@ -104,6 +105,7 @@ class DPSGD:
     noise_allocation: str | None = None  # per-group clipping: "equal" or "entropy" shares
     optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
     module: nn.Module | None = field(default=None, init=False, repr=False)
+    _input: torch.Tensor | None = field(default=None, init=False, repr=False)  # ghost: a leaf
 
     def __post_init__(self) -> None:
         if self.ghost and (self.clipping == "adaptive" or self.noise_allocation):
@@ -146,15 +148,34 @@ class DPSGD:
             dp_optimizer = DPOptimizer(optimizer, **settings)
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
         self.module, self.optimizer = private, dp_optimizer
+        if self.ghost:
+            private.register_forward_pre_hook(self._keep_input)
         return private, dp_optimizer
 
+    def _keep_input(self, module: nn.Module, args: tuple) -> tuple:
+        """Ghost: the batch as a leaf that needs a gradient, where the first pass stops."""
+        self._input = args[0].detach().requires_grad_()
+        return (self._input, *args[1:])
+
     def backward(self, losses: torch.Tensor) -> None:
-        """Backpropagate one chunk's per-example losses (as their mean); ghost clipping
-        needs them one by one for its second, clipped pass."""
-        if self.ghost:
-            DPTensorFastGradientClipping(self.module, self.optimizer, losses).backward()
-        else:
+        """Backpropagate one chunk's per-example losses (as their mean). Ghost: a first
+        pass, hooks on, down to the input gives each example's norm (no weight gradients);
+        a second, hooks off, backpropagates sum_i c_i loss_i with c_i its clip factor."""
+        if not self.ghost:
             losses.mean().backward()
+            return
+        for p in self.optimizer.params:
+            p._norm_sample = None
+        torch.autograd.grad(losses.mean(), self._input, retain_graph=True)
+        if any(p._norm_sample is None for p in self.optimizer.params):
+            raise ConfigError(
+                "grad_sample_mode ghost needs every trained layer to depend on the input; "
+                "use grad_sample_mode hooks for this model"
+            )
+        factors = self.module.get_clipping_coef()
+        self.module.disable_hooks()
+        (factors * losses).sum().backward()
+        self.module.enable_hooks()
 
     def empty_batch(self) -> None:
         """Gradients of a batch of no images (per-example ones for the hook modes, their
