@@ -202,20 +202,22 @@ def test_ghost_clipping_steps_resnet18_gn_as_per_image_gradients():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-class _InputFreeLayer(nn.Module):
+class _UnusedLayer(nn.Module):
     def __init__(self):
         super().__init__()
-        self.seen, self.unseen = nn.Linear(3, 2), nn.Linear(1, 2)
+        self.used, self.unused = nn.Linear(3, 2), nn.Linear(3, 2)
 
     def forward(self, x):
-        return self.seen(x) + self.unseen(torch.ones(len(x), 1))  # never sees the input
+        self.unused(x)  # its output never reaches the loss: no gradient norm
+        return self.used(x)
 
 
-def test_ghost_clipping_refuses_a_layer_whose_norms_it_cannot_take():
-    """Ghost's first pass stops at the input: a layer off that path would keep no norm."""
+def test_ghost_clipping_refuses_a_layer_it_took_no_norm_for():
+    """A layer without a norm must not be clipped with an old one."""
     torch.manual_seed(0)
-    with pytest.raises(ConfigError, match="depend on the input"):
-        _noiseless_step(_InputFreeLayer(), "ghost", torch.randn(4, 3), torch.ones(4).long(), clip=1)
+    x, targets = torch.randn(4, 3), torch.ones(4).long()
+    with pytest.raises(ConfigError, match="no gradient norm for a trained layer"):
+        _noiseless_step(_UnusedLayer(), "ghost", x, targets, clip=1.0)
 
 
 def test_ghost_clipping_refuses_the_adaptive_variants():

@@ -14,7 +14,7 @@ activations and output gradients, a second one the gradient of the loss with eac
 example's term scaled by its clip factor. Same clipped sum, same guarantee; per-example
 gradients are never all held at once, and for Linear and most Conv2d layers never formed
 (dpmed.privacy.ghost_norms). Unlike Opacus's DPTensorFastGradientClipping, the first pass
-stops at the input and skips the weight gradients it would throw away.
+stops at the first trained layers' inputs and skips the weight gradients it would discard.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
 
@@ -105,7 +106,7 @@ class DPSGD:
     noise_allocation: str | None = None  # per-group clipping: "equal" or "entropy" shares
     optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
     module: nn.Module | None = field(default=None, init=False, repr=False)
-    _input: torch.Tensor | None = field(default=None, init=False, repr=False)  # ghost: a leaf
+    _leaves: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.ghost and (self.clipping == "adaptive" or self.noise_allocation):
@@ -149,28 +150,37 @@ class DPSGD:
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
         self.module, self.optimizer = private, dp_optimizer
         if self.ghost:
-            private.register_forward_pre_hook(self._keep_input)
+            for _, layer in trainable_modules(model):
+                layer.register_forward_pre_hook(self._leaf_input)
         return private, dp_optimizer
 
-    def _keep_input(self, module: nn.Module, args: tuple) -> tuple:
-        """Ghost: the batch as a leaf that needs a gradient, where the first pass stops."""
-        self._input = args[0].detach().requires_grad_()
-        return (self._input, *args[1:])
+    def _leaf_input(self, layer: nn.Module, args: tuple) -> tuple | None:
+        """Ghost, training: a trained layer's input that needs no gradient (the first such
+        layers: the model's input, or a fixed stage's output) becomes a leaf that does,
+        where the first backward pass stops."""
+        x = args[0] if args else None
+        training = layer.training and torch.is_grad_enabled()
+        if not training or not isinstance(x, torch.Tensor) or x.requires_grad:
+            return None
+        self._leaves.append(x.detach().requires_grad_())
+        return (self._leaves[-1], *args[1:])
 
     def backward(self, losses: torch.Tensor) -> None:
         """Backpropagate one chunk's per-example losses (as their mean). Ghost: a first
-        pass, hooks on, down to the input gives each example's norm (no weight gradients);
-        a second, hooks off, backpropagates sum_i c_i loss_i with c_i its clip factor."""
+        pass, hooks on, down to the trained layers' inputs gives each example's norm (no
+        weight gradients); a second, hooks off, backpropagates sum_i c_i loss_i with c_i
+        its clip factor."""
         if not self.ghost:
             losses.mean().backward()
             return
         for p in self.optimizer.params:
             p._norm_sample = None
-        torch.autograd.grad(losses.mean(), self._input, retain_graph=True)
+        leaves, self._leaves = self._leaves, []
+        torch.autograd.grad(losses.mean(), leaves, retain_graph=True, allow_unused=True)
         if any(p._norm_sample is None for p in self.optimizer.params):
             raise ConfigError(
-                "grad_sample_mode ghost needs every trained layer to depend on the input; "
-                "use grad_sample_mode hooks for this model"
+                "grad_sample_mode ghost got no gradient norm for a trained layer: every "
+                "trained layer must take a tensor input and its output must reach the loss"
             )
         factors = self.module.get_clipping_coef()
         self.module.disable_hooks()
