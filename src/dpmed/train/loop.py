@@ -144,7 +144,9 @@ def fit(
             if best_epoch(records) is record:
                 torch.save(evaluated.state_dict(), checkpoint)
             status = f"val acc {metrics['val']['accuracy']:.3f}"
-            progress.update(task, status=status + (f", eps {dp.epsilon():.2f}" if dp else ""))
+            if dp and not progress.disable:  # the accountant takes 0.02-1 s: only when shown
+                status += f", eps {dp.epsilon():.2f}"
+            progress.update(task, status=status)
             if on_epoch:
                 on_epoch(record)
     return records
