@@ -31,7 +31,16 @@ MODELS = (*IMAGE_MODELS, *TABLE_MODELS)
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 ACCOUNTANTS = ("prv", "rdp")  # DP-SGD's privacy accountants (Opacus)
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")  # how Opacus computes per-image gradients
+# How DP-SGD gets per-image gradient norms (Opacus): auto picks per model, from the table below.
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost")
+# Per model, the fastest grad_sample_mode on CPU as measured by benchmarks/dpsgd_speed.py
+# (results/dpsgd_speed.json), and the fastest with per-image gradients, which the adaptive
+# variants need; a model not listed uses hooks.
+FASTEST_MODES_MEASURED_BY_DPSGD_SPEED = {
+    "small-cnn": ("ghost", "ew"),
+    "resnet18-gn": ("ghost", "ew"),
+    "scatternet": ("ew", "ew"),
+}
 CLIPPINGS = ("flat", "adaptive")  # DP-SGD's clip bound: fixed, or toward a quantile
 NOISE_ALLOCATIONS = ("equal", "entropy")  # DP-SGD's per-layer noise shares
 
@@ -50,7 +59,7 @@ class RunConfig:
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     physical_batch_size: int | None = None
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"
     clipping: str = "flat"
     target_unclipped_quantile: float | None = None
     noise_allocation: str | None = None
@@ -99,6 +108,19 @@ class RunConfig:
     def planned_epochs(self) -> int:
         """Epochs the run will report: a table classifier is fitted once."""
         return 1 if self.is_table and self.model in CLASSIFIERS else self.epochs
+
+    @property
+    def resolved_grad_sample_mode(self) -> str:
+        """`grad_sample_mode`, or for auto the model's fastest measured mode that fits the
+        clipping (the adaptive variants need per-image gradients; ghost has none)."""
+        if self.grad_sample_mode != "auto":
+            return self.grad_sample_mode
+        fastest, per_image = FASTEST_MODES_MEASURED_BY_DPSGD_SPEED.get(self.model, ("hooks",) * 2)
+        return per_image if self._adaptive else fastest
+
+    @property
+    def _adaptive(self) -> bool:
+        return self.clipping == "adaptive" or self.noise_allocation is not None
 
     @property
     def resolved_unit(self) -> str:
@@ -294,6 +316,11 @@ class RunConfig:
         if self.clipping == "adaptive" and self.noise_allocation is not None:
             raise ConfigError(
                 "noise_allocation clips per layer: use it with clipping flat, not adaptive"
+            )
+        if self.grad_sample_mode == "ghost" and self._adaptive:
+            raise ConfigError(
+                "grad_sample_mode ghost has no per-image gradients, which clipping adaptive "
+                "and noise_allocation need; use grad_sample_mode auto or hooks"
             )
         quantile = self.target_unclipped_quantile
         if quantile is not None and self.clipping != "adaptive":

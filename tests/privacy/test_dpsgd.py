@@ -132,18 +132,20 @@ SMALL_CNN = {"model": "small-cnn"}
 
 @pytest.mark.parametrize("physical", [1000, 3], ids=["whole", "chunked"])
 @pytest.mark.parametrize("setup", [SMALL_CNN, LINEAR], ids=["small-cnn", "linear"])
-def test_ghost_clipping_trains_the_same_model_as_per_image_gradients(tmp_path, setup, physical):
-    """Without noise and with the same seed, ghost clipping's clipped sum is the hooks'
-    one: the same parameters after an epoch, the same steps for the accountant."""
+@pytest.mark.parametrize("mode", ["ghost", "ew"])
+def test_faster_modes_train_the_same_model_as_hooks(tmp_path, mode, setup, physical):
+    """Without noise and with the same seed, ghost clipping's and expanded weights'
+    clipped sums are the hooks' one (auto picks them): the same parameters after an
+    epoch, the same steps for the accountant."""
     fits = {
         mode: _dp_fit(tmp_path, sigma=0.0, clip=0.1, physical=physical, mode=mode, **setup)
-        for mode in ("hooks", "ghost")
+        for mode in ("hooks", mode)
     }
-    (hooks, dp_hooks, _), (ghost, dp_ghost, _) = fits.values()
-    for a, b in zip(hooks.parameters(), ghost.parameters(), strict=True):
+    (hooks, dp_hooks, _), (other, dp_other, _) = fits.values()
+    for a, b in zip(hooks.parameters(), other.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
-    assert dp_ghost.accountant.history == dp_hooks.accountant.history
-    assert dp_ghost.steps == dp_hooks.steps == round(1 / dp_hooks.sample_rate)
+    assert dp_other.accountant.history == dp_hooks.accountant.history
+    assert dp_other.steps == dp_hooks.steps == round(1 / dp_hooks.sample_rate)
 
 
 def test_ghost_clipping_takes_noise_only_steps_and_spends_the_same_epsilon(tmp_path):
