@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dpmed import cli
+from dpmed.config import FASTEST_MODES_MEASURED_BY_DPSGD_SPEED
 from dpmed.privacy import Laplace
 from dpmed.privacy import mechanism as mech
 
@@ -288,6 +289,10 @@ def corrupt_root(kermany_root):
         ),
         (["--technique", "dp-sgd"], "needs --target-epsilon or --noise-multiplier"),
         (
+            [*DP_SGD, "--grad-sample-mode", "ghost", "--clipping", "adaptive"],
+            "ghost has no per-image gradients",
+        ),
+        (
             ["--technique", "dp-sgd", "--target-epsilon", "1", "--noise-multiplier", "1"],
             "needs --target-epsilon or --noise-multiplier, one",
         ),
@@ -395,6 +400,8 @@ def test_dp_sgd_run_spends_at_most_its_target_and_learns(real_data, tmp_path):
     assert privacy["mechanism"] == "dp-sgd" and privacy["unit"] == "image"
     assert privacy["epsilon"] <= 4.0 and privacy["epsilon"] == privacy["epsilon_per_image"]
     assert privacy["steps"] == 3 * 8 and privacy["delta"] == pytest.approx(1 / 2000**1.1)
+    fastest, _ = FASTEST_MODES_MEASURED_BY_DPSGD_SPEED["small-cnn"]
+    assert privacy["grad_sample_mode"] == fastest  # auto: the mode actually used
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(
             privacy["sample_rate"], dp_accounting.GaussianDpEvent(privacy["noise_multiplier"])

@@ -1,6 +1,9 @@
+import json
+from pathlib import Path
+
 import pytest
 
-from dpmed.config import RunConfig, load_yaml
+from dpmed.config import FASTEST_MODES_MEASURED_BY_DPSGD_SPEED, RunConfig, load_yaml
 from dpmed.errors import ConfigError
 
 
@@ -16,6 +19,9 @@ def test_ints_are_accepted_as_floats_but_not_the_reverse():
         RunConfig(epochs=2.5)
     with pytest.raises(ConfigError, match="augment must be bool"):
         RunConfig(augment="yes")
+
+
+DP_SGD = {"technique": "dp-sgd", "target_epsilon": 1}
 
 
 @pytest.mark.parametrize(
@@ -56,6 +62,13 @@ def test_ints_are_accepted_as_floats_but_not_the_reverse():
             {"dataset": "breast-cancer", "model": "mlp", "augment_multiplicity": 2},
             "augment_multiplicity is for images, not the table breast-cancer",
         ),
+        ({**DP_SGD, "grad_sample_mode": "vmap"}, "unknown grad_sample_mode 'vmap'"),
+        ({**DP_SGD, "grad_sample_mode": "ghost", "clipping": "adaptive"}, "ghost has no per-"),
+        ({**DP_SGD, "grad_sample_mode": "ghost", "noise_allocation": "equal"}, "ghost has no"),
+        (
+            {**DP_SGD, "grad_sample_mode": "ghost", "augment": True, "augment_multiplicity": 2},
+            "ghost has no per-image gradients",
+        ),
     ],
 )
 def test_bad_values_are_refused(values, message):
@@ -66,6 +79,28 @@ def test_bad_values_are_refused(values, message):
 def test_augment_multiplicity_defaults_to_one_and_takes_augmented_copies():
     assert RunConfig().augment_multiplicity == 1
     assert RunConfig(augment=True, augment_multiplicity=4).augment_multiplicity == 4
+
+
+def test_auto_picks_the_fastest_measured_grad_sample_mode_that_fits_the_clipping():
+    auto = RunConfig(**DP_SGD, model="small-cnn")
+    fastest, per_image = FASTEST_MODES_MEASURED_BY_DPSGD_SPEED["small-cnn"]
+    assert auto.resolved_grad_sample_mode == fastest
+    assert auto.replace(clipping="adaptive").resolved_grad_sample_mode == per_image
+    assert auto.replace(noise_allocation="equal").resolved_grad_sample_mode == per_image
+    copies = auto.replace(augment=True, augment_multiplicity=2)
+    assert copies.resolved_grad_sample_mode == per_image != fastest
+    assert auto.replace(grad_sample_mode="ew").resolved_grad_sample_mode == "ew"
+    table = RunConfig(**DP_SGD, dataset="breast-cancer", model="mlp")
+    assert table.resolved_grad_sample_mode == "hooks"  # not measured: hooks
+
+
+def test_the_auto_table_is_what_the_benchmark_measured():
+    results = Path(__file__).parents[1] / "benchmarks/results/dpsgd_speed.json"
+    models = json.loads(results.read_text())["models"]
+    measured = {
+        name: (row["fastest_mode"], row["fastest_per_image_mode"]) for name, row in models.items()
+    }
+    assert measured == FASTEST_MODES_MEASURED_BY_DPSGD_SPEED
 
 
 def test_new_settings_build_their_mechanism():

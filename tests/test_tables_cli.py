@@ -51,6 +51,7 @@ def test_dp_sgd_mlp_on_a_table_spends_at_most_its_target_and_learns(tmp_path):
     privacy = summary["privacy"]
     assert privacy["mechanism"] == "dp-sgd" and privacy["unit"] == "record"
     assert privacy["epsilon_per_record"] <= 2.0 and privacy["guarantee_holds"]
+    assert privacy["grad_sample_mode"] == "hooks"  # auto, for a model not measured
     assert summary["test"]["roc_auc"] > 0.8
 
 

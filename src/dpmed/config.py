@@ -32,7 +32,16 @@ MODELS = (*IMAGE_MODELS, *TABLE_MODELS)
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 ACCOUNTANTS = ("prv", "rdp")  # DP-SGD's privacy accountants (Opacus)
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew")  # how Opacus computes per-image gradients
+# How DP-SGD gets per-image gradient norms (Opacus): auto picks per model, from the table below.
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost")
+# Per model, the fastest grad_sample_mode on CPU as measured by benchmarks/dpsgd_speed.py
+# (results/dpsgd_speed.json), and the fastest with per-image gradients, which the adaptive
+# variants need; a model not listed uses hooks.
+FASTEST_MODES_MEASURED_BY_DPSGD_SPEED = {
+    "small-cnn": ("ghost", "ew"),
+    "resnet18-gn": ("ghost", "ew"),
+    "scatternet": ("ew", "ew"),
+}
 CLIPPINGS = ("flat", "adaptive")  # DP-SGD's clip bound: fixed, or toward a quantile
 NOISE_ALLOCATIONS = ("equal", "entropy")  # DP-SGD's per-layer noise shares
 
@@ -51,7 +60,7 @@ class RunConfig:
     max_grad_norm: float = 1.0
     accountant: str = "prv"
     physical_batch_size: int | None = None
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"
     clipping: str = "flat"
     target_unclipped_quantile: float | None = None
     noise_allocation: str | None = None
@@ -101,6 +110,21 @@ class RunConfig:
     def planned_epochs(self) -> int:
         """Epochs the run will report: a table classifier is fitted once."""
         return 1 if self.is_table and self.model in CLASSIFIERS else self.epochs
+
+    @property
+    def resolved_grad_sample_mode(self) -> str:
+        """`grad_sample_mode`, or for auto the model's fastest measured mode that fits the
+        settings (ghost has no per-image gradients, which the adaptive variants and
+        augmentation multiplicity need)."""
+        if self.grad_sample_mode != "auto":
+            return self.grad_sample_mode
+        fastest, per_image = FASTEST_MODES_MEASURED_BY_DPSGD_SPEED.get(self.model, ("hooks",) * 2)
+        return per_image if self._needs_per_image_gradients else fastest
+
+    @property
+    def _needs_per_image_gradients(self) -> bool:
+        adaptive = self.clipping == "adaptive" or self.noise_allocation is not None
+        return adaptive or self.augment_multiplicity > 1
 
     @property
     def resolved_unit(self) -> str:
@@ -311,6 +335,12 @@ class RunConfig:
         if self.clipping == "adaptive" and self.noise_allocation is not None:
             raise ConfigError(
                 "noise_allocation clips per layer: use it with clipping flat, not adaptive"
+            )
+        if self.grad_sample_mode == "ghost" and self._needs_per_image_gradients:
+            raise ConfigError(
+                "grad_sample_mode ghost has no per-image gradients, which clipping adaptive, "
+                "noise_allocation and augment_multiplicity > 1 need; use grad_sample_mode "
+                "auto or hooks"
             )
         quantile = self.target_unclipped_quantile
         if quantile is not None and self.clipping != "adaptive":

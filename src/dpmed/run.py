@@ -90,7 +90,7 @@ def run_experiment(
             max_grad_norm=config.max_grad_norm,
             accountant=config.accountant,
             physical_batch_size=config.physical_batch_size,
-            grad_sample_mode=config.grad_sample_mode,
+            grad_sample_mode=config.resolved_grad_sample_mode,
             clipping=config.clipping,
             target_unclipped_quantile=config.target_unclipped_quantile,
             noise_allocation=config.noise_allocation,

@@ -19,7 +19,7 @@ from dpmed.privacy.dpsgd import (
     dpsgd_guarantee,
     epsilon_after,
 )
-from dpmed.train.loop import TrainSettings, _average_copies, _loss, fit, random_affine
+from dpmed.train.loop import TrainSettings, _average_copies, _losses, fit, random_affine
 
 
 def _independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> dict[str, float]:
@@ -70,20 +70,34 @@ def _toy(n=256, seed=0):
     return images.astype(np.float16), labels
 
 
-def _dp_fit(tmp_path, *, sigma, epochs=1, lr=0.05, physical=1000, data=None, **settings):
+def _dp_fit(
+    tmp_path,
+    *,
+    sigma,
+    epochs=1,
+    lr=0.05,
+    physical=1000,
+    data=None,
+    model="small-cnn",
+    batch=32,
+    clip=1.0,
+    mode="hooks",
+    **settings,
+):
     torch.manual_seed(0)
-    model, _ = build_model("small-cnn")
+    model = build_model(model)[0] if isinstance(model, str) else model()
     data = data or {"train": _toy(), "val": _toy(64, 1), "test": _toy(64, 2)}
     dp = DPSGD(
         noise_multiplier=sigma,
-        max_grad_norm=1.0,
-        sample_rate=32 / 256,
+        max_grad_norm=clip,
+        sample_rate=batch / len(data["train"][1]),
         delta=1e-5,
         accountant_name="rdp",
         physical_batch_size=physical,
+        grad_sample_mode=mode,
     )
     settings = TrainSettings(
-        epochs=epochs, batch_size=32, lr=lr, optimizer="sgd", seed=0, **settings
+        epochs=epochs, batch_size=batch, lr=lr, optimizer="sgd", seed=0, **settings
     )
     records = fit(
         model, data, settings, device=torch.device("cpu"), checkpoint=tmp_path / "m.pt", dp=dp
@@ -106,6 +120,123 @@ def test_physical_chunks_do_not_change_the_result(tmp_path):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def _rows(n=64, seed=0):
+    """Table rows (N, 5) for a linear model: class 1 shifts the first feature."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    rows = rng.normal(size=(n, 5)) + 3 * labels[:, None] * np.eye(5)[0]
+    return rows.astype(np.float32), labels
+
+
+LINEAR = {
+    "model": lambda: nn.Linear(5, 2),
+    "data": {"train": _rows(), "val": _rows(16, 1), "test": _rows(16, 2)},
+    "batch": 2,  # q = 1/32: a few of the 32 Poisson batches are empty (noise-only steps)
+}
+SMALL_CNN = {"model": "small-cnn"}
+
+
+@pytest.mark.parametrize("physical", [1000, 3], ids=["whole", "chunked"])
+@pytest.mark.parametrize("setup", [SMALL_CNN, LINEAR], ids=["small-cnn", "linear"])
+@pytest.mark.parametrize("mode", ["ghost", "ew"])
+def test_faster_modes_train_the_same_model_as_hooks(tmp_path, mode, setup, physical):
+    """Without noise and with the same seed, ghost clipping's and expanded weights'
+    clipped sums are the hooks' one (auto picks them): the same parameters after an
+    epoch, the same steps for the accountant."""
+    fits = {
+        mode: _dp_fit(tmp_path, sigma=0.0, clip=0.1, physical=physical, mode=mode, **setup)
+        for mode in ("hooks", mode)
+    }
+    (hooks, dp_hooks, _), (other, dp_other, _) = fits.values()
+    for a, b in zip(hooks.parameters(), other.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert dp_other.accountant.history == dp_hooks.accountant.history
+    assert dp_other.steps == dp_hooks.steps == round(1 / dp_hooks.sample_rate)
+
+
+def test_ghost_clipping_takes_noise_only_steps_and_spends_the_same_epsilon(tmp_path):
+    _, dp_hooks, _ = _dp_fit(tmp_path, sigma=1.0, **LINEAR)
+    model, dp_ghost, _ = _dp_fit(tmp_path, sigma=1.0, mode="ghost", **LINEAR)
+    epoch = dp_ghost.batches(64, torch.Generator().manual_seed(0))  # the epoch fit drew
+    assert [] in list(epoch)
+    assert dp_ghost.steps == dp_hooks.steps == 32
+    assert dp_ghost.epsilon() == dp_hooks.epsilon() > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _noiseless_step(model, mode, x, targets, *, clip, lr=0.7):
+    """One DP-SGD step without noise on the batch x, as if 1 in 25 of 100 images."""
+    dp = DPSGD(
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        sample_rate=len(x) / 100,
+        delta=1e-5,
+        accountant_name="rdp",
+        physical_batch_size=len(x),
+        grad_sample_mode=mode,
+    )
+    private, optimizer = dp.wrap(model, torch.optim.SGD(model.parameters(), lr=lr), 100)
+    optimizer.zero_grad()
+    dp.backward(F.cross_entropy(private(x), targets, reduction="none"))
+    optimizer.step()
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_one_huge_gradient_moves_the_model_by_at_most_lr_clip_over_batch(mode):
+    """Three examples with zero gradient and one whose gradient is ~1e3: without noise,
+    one SGD step moves the weights by exactly lr * C / B, the clipped example's share."""
+    lr, clip, batch = 0.7, 0.3, 4
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2, bias=False)
+    before = model.weight.detach().clone()
+    x = torch.zeros(batch, 3)
+    x[0] = 1e3  # the others have input 0: no weight gradient
+    wrong = model(x).argmin(dim=1)  # a confident mistake: a gradient of norm ~1e3
+    _noiseless_step(model, mode, x, wrong, clip=clip, lr=lr)
+    moved = (model.weight - before).norm().item()
+    assert moved == pytest.approx(lr * clip / batch, rel=1e-4)
+
+
+def test_ghost_clipping_steps_resnet18_gn_as_per_image_gradients():
+    """Strided, 1x1 and deep convolutions (Gram-matrix norms) and GroupNorm."""
+    x, targets = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 1, 0])
+    models = {}
+    for mode in ("hooks", "ghost"):
+        torch.manual_seed(0)
+        models[mode] = build_model("resnet18-gn")[0]
+        _noiseless_step(models[mode], mode, x, targets, clip=0.5)
+    hooks, ghost = models.values()
+    for a, b in zip(hooks.parameters(), ghost.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+class _UnusedLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.unused(x)  # its output never reaches the loss: no gradient norm
+        return self.used(x)
+
+
+def test_ghost_clipping_refuses_a_layer_it_took_no_norm_for():
+    """A layer without a norm must not be clipped with an old one."""
+    torch.manual_seed(0)
+    x, targets = torch.randn(4, 3), torch.ones(4).long()
+    with pytest.raises(ConfigError, match="no gradient norm for a trained layer"):
+        _noiseless_step(_UnusedLayer(), "ghost", x, targets, clip=1.0)
+
+
+def test_ghost_clipping_refuses_the_adaptive_variants():
+    settings = dict(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1, delta=1e-5)
+    settings |= dict(accountant_name="rdp", physical_batch_size=8, grad_sample_mode="ghost")
+    with pytest.raises(ValueError, match="per-image gradients"):
+        DPSGD(**settings, clipping="adaptive")
+    with pytest.raises(ValueError, match="per-image gradients"):
+        DPSGD(**settings, noise_allocation="equal")
+
+
 def test_dp_sgd_learns_an_easy_task_with_moderate_noise(tmp_path):
     _, _, records = _dp_fit(tmp_path, sigma=0.5, epochs=4, lr=0.5)
     assert records[-1].metrics["test"]["roc_auc"] > 0.8
@@ -126,7 +257,7 @@ def test_a_balanced_loss_keeps_each_examples_gradient_its_own():
     """DP-SGD's clipping bounds one example's effect only if its gradient does not depend
     on the others; PyTorch's weighted mean divides by the batch's summed weights."""
     weights = torch.tensor([0.7, 1.9])
-    ours = lambda logits, y: _loss(logits, y, weights)  # noqa: E731
+    ours = lambda logits, y: _losses(logits, y, weights).mean()  # noqa: E731
     assert torch.allclose(
         _first_example_grad(ours, [0, 0, 0]), _first_example_grad(ours, [0, 1, 1])
     )
@@ -180,7 +311,7 @@ def test_augmentation_multiplicity_clips_each_image_once(tmp_path):
     )
     private, optimizer = dp.wrap(net, torch.optim.SGD(net.parameters(), lr=1.0), n_train)
     before = torch.cat([p.detach().flatten() for p in net.parameters()])
-    _loss(private(x), y, None).backward()
+    _losses(private(x), y, None).mean().backward()
     _average_copies(private, copies)
     norms = torch.stack([g.flatten(1).norm(dim=1) for g in optimizer.grad_samples], 1).norm(dim=1)
     assert len(norms) == images and (norms > clip).all()  # one row per image, each clipped
@@ -190,7 +321,7 @@ def test_augmentation_multiplicity_clips_each_image_once(tmp_path):
     rows = []  # every copy's own gradient, by plain autograd on an untouched twin
     for j in range(len(y)):
         plain.zero_grad()
-        _loss(plain(x[j : j + 1]), y[j : j + 1], None).backward()
+        _losses(plain(x[j : j + 1]), y[j : j + 1], None).mean().backward()
         rows.append([p.grad.clone() for p in plain.parameters()])
     per_copy = [torch.stack(g) for g in zip(*rows, strict=True)]
     per_image = [g.view(images, copies, *g.shape[1:]).mean(dim=1) for g in per_copy]

@@ -9,6 +9,15 @@ batch may be cut into physical chunks to fit memory without changing the guarant
 Augmentation multiplicity (K augmented copies per image, dpmed.train.loop) does not change
 it either: an image's K gradients are averaged before clipping, so each image still adds
 one vector of norm <= max_grad_norm to a noisy sum divided by the expected batch of images.
+
+`grad_sample_mode` says how Opacus gets each example's gradient norm: from per-example
+gradients (hooks, functorch, ew), or by ghost clipping (Li et al. 2022; Opacus's fast
+gradient clipping): a first backward pass gives each layer's per-example norms from its
+activations and output gradients, a second one the gradient of the loss with each
+example's term scaled by its clip factor. Same clipped sum, same guarantee; per-example
+gradients are never all held at once, and for Linear and most Conv2d layers never formed
+(dpmed.privacy.ghost_norms). Unlike Opacus's DPTensorFastGradientClipping, the first pass
+stops at the first trained layers' inputs and skips the weight gradients it would discard.
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample.utils import prepare_module
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
 
+import dpmed.privacy.ghost_norms  # noqa: F401  (registers ghost clipping's Conv2d norms)
 from dpmed.errors import ConfigError
 from dpmed.privacy.adaptive_dpsgd import (
     AdaptiveClipping,
@@ -107,16 +118,25 @@ class DPSGD:
     target_unclipped_quantile: float = 0.5
     noise_allocation: str | None = None  # per-group clipping: "equal" or "entropy" shares
     optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
+    module: nn.Module | None = field(default=None, init=False, repr=False)
+    _leaves: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.ghost and (self.clipping == "adaptive" or self.noise_allocation):
+            raise ValueError("the adaptive variants need per-image gradients, which ghost lacks")
         self.accountant = create_accountant(mechanism=self.accountant_name)
+
+    @property
+    def ghost(self) -> bool:
+        return self.grad_sample_mode == "ghost"
 
     def wrap(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, n_train: int
     ) -> tuple[nn.Module, DPOptimizer]:
         """The model with per-example gradients and the optimizer that clips and noises."""
         check_trainable(model)
-        private = prepare_module(model, self.grad_sample_mode, loss_reduction="mean")
+        ghost = {"max_grad_norm": self.max_grad_norm} if self.ghost else {}
+        private = prepare_module(model, self.grad_sample_mode, loss_reduction="mean", **ghost)
         settings = {
             "noise_multiplier": self.noise_multiplier,
             "max_grad_norm": self.max_grad_norm,
@@ -136,11 +156,58 @@ class DPSGD:
                 steps_per_update=math.ceil(1 / self.sample_rate),  # once per epoch
                 **settings,
             )
+        elif self.ghost:
+            dp_optimizer = DPOptimizerFastGradientClipping(optimizer, **settings)
         else:
             dp_optimizer = DPOptimizer(optimizer, **settings)
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
-        self.optimizer = dp_optimizer
+        self.module, self.optimizer = private, dp_optimizer
+        if self.ghost:
+            for _, layer in trainable_modules(model):
+                layer.register_forward_pre_hook(self._leaf_input)
         return private, dp_optimizer
+
+    def _leaf_input(self, layer: nn.Module, args: tuple) -> tuple | None:
+        """Ghost, training: a trained layer's input that needs no gradient (the first such
+        layers: the model's input, or a fixed stage's output) becomes a leaf that does,
+        where the first backward pass stops."""
+        x = args[0] if args else None
+        training = layer.training and torch.is_grad_enabled()
+        if not training or not isinstance(x, torch.Tensor) or x.requires_grad:
+            return None
+        self._leaves.append(x.detach().requires_grad_())
+        return (self._leaves[-1], *args[1:])
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Backpropagate one chunk's per-example losses (as their mean). Ghost: a first
+        pass, hooks on, down to the trained layers' inputs gives each example's norm (no
+        weight gradients); a second, hooks off, backpropagates sum_i c_i loss_i with c_i
+        its clip factor."""
+        if not self.ghost:
+            losses.mean().backward()
+            return
+        for p in self.optimizer.params:
+            p._norm_sample = None
+        leaves, self._leaves = self._leaves, []
+        torch.autograd.grad(losses.mean(), leaves, retain_graph=True, allow_unused=True)
+        if any(p._norm_sample is None for p in self.optimizer.params):
+            raise ConfigError(
+                "grad_sample_mode ghost got no gradient norm for a trained layer: every "
+                "trained layer must take a tensor input and its output must reach the loss"
+            )
+        factors = self.module.get_clipping_coef()
+        self.module.disable_hooks()
+        (factors * losses).sum().backward()
+        self.module.enable_hooks()
+
+    def empty_batch(self) -> None:
+        """Gradients of a batch of no images (per-example ones for the hook modes, their
+        zero sum for ghost), so that its step adds noise alone."""
+        for p in self.optimizer.params:
+            if self.ghost:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
 
     def batches(self, n_train: int, generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
         """One epoch: 1/q logical batches, each every image independently with prob q,
@@ -260,6 +327,7 @@ def dpsgd_settings(dp: DPSGD, *, target_epsilon: float | None) -> dict:
     return {
         "noise_multiplier": dp.noise_multiplier,
         "max_grad_norm": dp.max_grad_norm,
+        "grad_sample_mode": dp.grad_sample_mode,
         "clipping": dp.clipping,
         "noise_allocation": dp.noise_allocation,
         "adapted": dp.adaptive.adapted() if dp.adaptive else {},

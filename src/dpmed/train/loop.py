@@ -116,7 +116,7 @@ def fit(
             for chunks in batches:
                 optimizer.zero_grad(set_to_none=True)
                 if not chunks:  # an empty Poisson batch still takes its noisy step
-                    _empty_grad_samples(trained)
+                    dp.empty_batch()
                 for i, chunk in enumerate(chunks):
                     x = _to_input(images[chunk.numpy()], device).repeat_interleave(copies, 0)
                     if settings.augment:
@@ -124,9 +124,13 @@ def fit(
                     with _autocast(device):
                         logits = trained(x)
                     y = targets[chunk].repeat_interleave(copies).to(device)
-                    _loss(logits.float(), y, class_weights).backward()
-                    if dp and copies > 1:
-                        _average_copies(trained, copies)
+                    losses = _losses(logits.float(), y, class_weights)
+                    if dp:
+                        dp.backward(losses)
+                        if copies > 1:
+                            _average_copies(trained, copies)
+                    else:
+                        losses.mean().backward()
                     if i < len(chunks) - 1:  # DP-SGD: sum clipped chunks, noise once
                         optimizer.signal_skip_step(True)
                         optimizer.step()
@@ -147,17 +151,12 @@ def fit(
             if best_epoch(records) is record:
                 torch.save(evaluated.state_dict(), checkpoint)
             status = f"val acc {metrics['val']['accuracy']:.3f}"
-            progress.update(task, status=status + (f", eps {dp.epsilon():.2f}" if dp else ""))
+            if dp and not progress.disable:  # the accountant takes 0.02-1 s: only when shown
+                status += f", eps {dp.epsilon():.2f}"
+            progress.update(task, status=status)
             if on_epoch:
                 on_epoch(record)
     return records
-
-
-def _empty_grad_samples(model: nn.Module) -> None:
-    """Zero per-example gradients for a batch of none, so DP-SGD adds noise alone."""
-    for p in model.parameters():
-        if p.requires_grad:
-            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
 
 
 def _average_copies(model: nn.Module, copies: int) -> None:
@@ -248,15 +247,15 @@ def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimiz
     return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def _loss(
+def _losses(
     logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None
 ) -> torch.Tensor:
-    """Mean cross-entropy, each example weighted by its class. Not PyTorch's weighted mean
-    (which divides by the batch's summed weights): there one example's gradient would
-    depend on the other examples' labels, and DP-SGD's per-example clipping bounds one
-    example's effect only if its gradient is its own."""
+    """Per-example cross-entropy, each weighted by its class; training takes their mean.
+    Not PyTorch's weighted mean (which divides by the batch's summed weights): there one
+    example's gradient would depend on the other examples' labels, and DP-SGD's
+    per-example clipping bounds one example's effect only if its gradient is its own."""
     losses = F.cross_entropy(logits, targets, reduction="none")
-    return (losses * class_weights[targets] if class_weights is not None else losses).mean()
+    return losses * class_weights[targets] if class_weights is not None else losses
 
 
 def _class_weights(labels: np.ndarray, device: torch.device) -> torch.Tensor:
