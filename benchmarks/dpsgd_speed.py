@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="timings per mode (best kept)")
-    parser.add_argument("--models", nargs="+", default=["small-cnn", "resnet18-gn", "scatternet"])
+    parser.add_argument("--models", nargs="+", default=["small-cnn", "resnet18-gn", "scatternet", "scatternet-cnn"])
     args = parser.parse_args()
     quiet()
     rng = np.random.default_rng(0)

@@ -41,6 +41,7 @@ FASTEST_MODES_MEASURED_BY_DPSGD_SPEED = {
     "small-cnn": ("ghost", "ew"),
     "resnet18-gn": ("ghost", "ew"),
     "scatternet": ("ew", "ew"),
+    "scatternet-cnn": ("ew", "ew"),
 }
 CLIPPINGS = ("flat", "adaptive")  # DP-SGD's clip bound: fixed, or toward a quantile
 NOISE_ALLOCATIONS = ("equal", "entropy")  # DP-SGD's per-layer noise shares
