@@ -16,15 +16,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-UNITS = ("record", "image", "pixel")  # the units whose epsilon a tuned result states
-
 
 def tuning_privacy(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """The guarantee of the one model chosen among `candidates` (their summaries' `privacy`
     entries, all trained on the same data): `epsilon` in their unit and `epsilon_per_<unit>`
     for the units they state, `delta`, `guarantee_holds` and `accounting` (how they were
     composed). Epsilon None means no noise: no guarantee."""
-    units = [u for u in UNITS if f"epsilon_per_{u}" in candidates[0]]
+    units = [  # the patient's epsilon is group privacy of an image's, not composed here
+        key.removeprefix("epsilon_per_")
+        for key in candidates[0]
+        if key.startswith("epsilon_per_") and key != "epsilon_per_patient"
+    ]
     keys = ["epsilon", *(f"epsilon_per_{u}" for u in units)]
     holds = all(c.get("guarantee_holds", True) for c in candidates)
     common = {"unit": candidates[0]["unit"], "guarantee_holds": holds}
