@@ -128,7 +128,7 @@ def _spent_order(privacy: dict[str, Any]) -> tuple[float, ...]:
 
 
 def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
-    units = [u for u in EPSILON_UNITS if any(f"epsilon_per_{u}" in t.privacy for t in tuned)]
+    units = stated_units([t.privacy for t in tuned])
     rows = [
         [
             "setting",
@@ -162,9 +162,12 @@ def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
 
 def reported_units(runs: list[dict[str, Any]]) -> list[str]:
     """The units some run states epsilon for: record for tables, image and pixel for images."""
-    return [
-        u for u in EPSILON_UNITS if any(f"epsilon_per_{u}" in r["summary"]["privacy"] for r in runs)
-    ]
+    return stated_units([r["summary"]["privacy"] for r in runs])
+
+
+def stated_units(privacies: list[dict[str, Any]]) -> list[str]:
+    """The units some of these guarantees state epsilon for."""
+    return [u for u in EPSILON_UNITS if any(f"epsilon_per_{u}" in p for p in privacies)]
 
 
 def summary_table(groups: list[Group]) -> list[list[str]]:
