@@ -341,6 +341,12 @@ def dpsgd_settings(dp: DPSGD, *, target_epsilon: float | None) -> dict:
     }
 
 
+def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """(epsilon, delta) for a group of k records, each covered by (epsilon, delta):
+    (k eps, k e^((k-1) eps) delta), delta capped at 1."""
+    return k * epsilon, min(1.0, k * math.exp(min((k - 1) * epsilon, 700)) * delta)
+
+
 def dpsgd_privacy(
     dp: DPSGD,
     *,
@@ -353,7 +359,7 @@ def dpsgd_privacy(
     spent per image, and per patient by group privacy: (k eps, k e^((k-1) eps) delta)."""
     image = dpsgd_guarantee(dp, balanced_loss=balanced_loss)
     epsilon, k = image.epsilon, images_per_patient
-    patient_delta = min(1.0, k * math.exp(min((k - 1) * epsilon, 700)) * dp.delta)
+    patient_epsilon, patient_delta = group_privacy(epsilon, dp.delta, k)
     return {
         "mechanism": "dp-sgd",
         **dpsgd_settings(dp, target_epsilon=target_epsilon),
@@ -362,11 +368,11 @@ def dpsgd_privacy(
         "delta": dp.delta,
         "epsilon_per_pixel": None,  # the image guarantee covers every part of the image
         "epsilon_per_image": epsilon,
-        "epsilon_per_patient": k * epsilon,
+        "epsilon_per_patient": patient_epsilon,
         "delta_per_patient": patient_delta,
         "images_per_patient": k,
         "accounting": image.accounting,
         "assumptions": [*image.assumptions, *assumptions],
         "description": f"{image.describe()} (per patient of up to {k} images: epsilon = "
-        f"{k * epsilon:.4g}, delta = {patient_delta:.3g})",
+        f"{patient_epsilon:.4g}, delta = {patient_delta:.3g})",
     }

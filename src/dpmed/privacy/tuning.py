@@ -13,7 +13,6 @@ So the released model carries the composition of the candidates' guarantees, not
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 
@@ -65,7 +64,7 @@ def _all_dp_sgd(candidates: list[dict[str, Any]]) -> bool:
 
 
 def _dp_sgd_composition(candidates: list[dict[str, Any]], units: list[str]) -> dict[str, Any]:
-    from dpmed.privacy.dpsgd import composed_epsilon  # loads Opacus
+    from dpmed.privacy.dpsgd import composed_epsilon, group_privacy  # loads Opacus
 
     accountants = {c["accountant"] for c in candidates}
     accountant = accountants.pop() if len(accountants) == 1 else "rdp"  # RDP bounds any mix
@@ -84,6 +83,7 @@ def _dp_sgd_composition(candidates: list[dict[str, Any]], units: list[str]) -> d
     for unit in units:  # DP-SGD states a record or an image, never a pixel
         result[f"epsilon_per_{unit}"] = None if unit == "pixel" else epsilon
     if k := candidates[0].get("images_per_patient"):  # group privacy, as for one run
-        result["epsilon_per_patient"] = k * epsilon
-        result["delta_per_patient"] = min(1.0, k * math.exp(min((k - 1) * epsilon, 700)) * delta)
+        result["epsilon_per_patient"], result["delta_per_patient"] = group_privacy(
+            epsilon, delta, k
+        )
     return result
