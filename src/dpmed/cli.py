@@ -40,8 +40,8 @@ FLAG_HELP = {
     "--augment-multiplicity copies: K times the rows in memory); the logical batch is "
     "--batch-size",
     "grad_sample_mode": "dp-sgd: how Opacus gets per-image gradient norms: hooks, functorch, "
-    "ew, ghost (ghost clipping; not with the adaptive variants), or auto (default: the "
-    "fastest measured for the model, else hooks)",
+    "ew, ghost (ghost clipping; not with the adaptive variants or --augment-multiplicity > 1), "
+    "or auto (default: the fastest measured for the model that fits, else hooks)",
     "clipping": "dp-sgd: flat (fixed --max-grad-norm) or adaptive (the bound follows a private "
     "quantile of the gradient norms, Andrew et al. 2021; same epsilon)",
     "target_unclipped_quantile": "dp-sgd with --clipping adaptive: share of images left "
