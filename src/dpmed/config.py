@@ -38,9 +38,9 @@ GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost")
 # (results/dpsgd_speed.json), and the fastest with per-image gradients, which the adaptive
 # variants need; a model not listed uses hooks.
 FASTEST_MODES_MEASURED_BY_DPSGD_SPEED = {
-    "small-cnn": ("ghost", "ew"),
+    "small-cnn": ("ew", "ew"),
     "resnet18-gn": ("ghost", "ew"),
-    "scatternet": ("ew", "ew"),
+    "scatternet": ("hooks", "hooks"),
     "scatternet-cnn": ("ew", "ew"),
 }
 CLIPPINGS = ("flat", "adaptive")  # DP-SGD's clip bound: fixed, or toward a quantile
