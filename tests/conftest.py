@@ -32,7 +32,17 @@ def private_cache(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("DPMED_CACHE", str(cache))
     monkeypatch.setenv("DPMED_QUIET", "1")
     monkeypatch.delenv("DPMED_DATA", raising=False)
+    monkeypatch.delenv("DPMED_NOISE_KEY_FILE", raising=False)
     return cache
+
+
+@pytest.fixture
+def noise_key(tmp_path, monkeypatch) -> Path:
+    """A secret noise key for this test: the privacy noise becomes reproducible."""
+    key = tmp_path / "noise.key"
+    key.write_bytes(bytes(range(32)))
+    monkeypatch.setenv("DPMED_NOISE_KEY_FILE", str(key))
+    return key
 
 
 @pytest.fixture

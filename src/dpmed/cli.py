@@ -153,6 +153,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _add_noise_key_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--noise-key",
+        type=Path,
+        metavar="FILE",
+        help="secret key file (>= 16 random bytes, e.g. head -c 32 /dev/urandom > noise.key) "
+        "that makes the privacy noise reproducible by whoever holds it; never written to any "
+        "output (default $DPMED_NOISE_KEY_FILE, else fresh operating-system entropy)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dpmed", description="Benchmark differential privacy on medical data.")
     parser.add_argument("--version", action="version", version=f"dpmed {__version__}")
@@ -169,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run folder to write (default runs/<name>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_noise_key_flag(run)
     _add_config_flags(run)
 
     from dpmed.bench.executors import EXECUTORS
@@ -200,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     bench.add_argument("--quiet", action="store_true", help="log lines instead of a live display")
+    _add_noise_key_flag(bench)
     _add_config_flags(bench)
 
     report = commands.add_parser(
@@ -361,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         quiet()
     try:
+        from dpmed.privacy import secret
+
+        secret.use_key_file(getattr(args, "noise_key", None))
         return {"run": _run, "bench": _bench, "report": _report, "privacy": _privacy}[args.command](
             args
         )

@@ -26,7 +26,7 @@ from dpmed.data.tabular import TableDataset, load_table
 from dpmed.errors import ConfigError
 from dpmed.models import build_model
 from dpmed.models.tabular import MLP, build_classifier
-from dpmed.privacy import Unit, released_split
+from dpmed.privacy import Unit, released_split, secret
 from dpmed.privacy.accounting import account
 from dpmed.privacy.postprocess import parse_postprocess, postprocess
 from dpmed.privacy.tables import diffprivlib_guarantee, perturb_table, record_privacy
@@ -94,6 +94,7 @@ def run_experiment(
             clipping=config.clipping,
             target_unclipped_quantile=config.target_unclipped_quantile,
             noise_allocation=config.noise_allocation,
+            identity=noise_identity(config, inputs["train"]),
         )
         log(
             f"privacy: DP-SGD with noise multiplier {dp.noise_multiplier:.4g}, clipping "
@@ -141,6 +142,8 @@ def run_experiment(
         if config.technique == "diffprivlib":
             privacy = record_privacy(diffprivlib_guarantee(model), prepared.data)
             log(f"privacy: {privacy['description']}")
+        if privacy["epsilon"] is not None:
+            privacy |= secret.noise_source()
         best = best_epoch(records)
         sizes = {split: len(labels) for split, (_, labels) in inputs.items()}
         summary = {
@@ -218,6 +221,8 @@ def _prepare_table(config: RunConfig, log: Callable[[str], None]) -> Prepared:
             n_features=n_features,
             seed=config.seed,
             epsilon=config.target_epsilon if private else None,
+            identity={"dataset": config.dataset, "seed": config.seed}
+            | {"train_features": table.splits["train"].features},
         )
         model_init = f"{config.model} ({'diffprivlib' if private else 'scikit-learn'})"
     log(
@@ -289,6 +294,13 @@ def _images_per_patient(dataset: ImageDataset, splits: list[str]) -> tuple[int, 
     patients = np.concatenate([dataset.splits[s].patients for s in splits or dataset.splits])
     k = int(np.unique(patients, return_counts=True)[1].max())
     return k, f"k = {k}: the most images of one patient in the released splits (patient ids)"
+
+
+def noise_identity(config: RunConfig, train: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """What names a training's secret draws: every setting that shapes it and the training
+    data itself (with a noise key, another setting or another data set gets other noise)."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("data_root", "device")}
+    return {"settings": settings, "train_inputs": train[0], "train_labels": train[1]}
 
 
 def pick_device(name: str) -> torch.device:

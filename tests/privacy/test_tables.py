@@ -66,19 +66,48 @@ def test_the_split_minimises_importance_weighted_noise_variance():
 def test_release_adds_laplace_noise_of_scale_one_over_epsilon_j():
     budgets = np.array([0.5, 2.0, 0.0])
     clean = np.full((20000, 3), 0.3, dtype=np.float32)
-    noisy = release_features(clean, budgets, seed=1, split="train")
+    noisy = release_features(clean, budgets, identity={"split": "train"})
     for j in (0, 1):
         result = stats.kstest(noisy[:, j] - 0.3, "laplace", args=(0, 1 / budgets[j]))
         assert result.pvalue > 1e-3
     assert np.all(noisy[:, 2] == 0.5)  # no budget: the value is not released
 
 
-def test_each_split_is_released_once_from_its_own_stream():
+def test_with_a_key_each_identity_is_one_release_and_others_are_independent(noise_key):
     clean = np.zeros((50, 4), dtype=np.float32)
     budgets = np.ones(4)
-    first = release_features(clean, budgets, seed=5, split="train")
-    assert np.array_equal(first, release_features(clean, budgets, seed=5, split="train"))
-    assert not np.array_equal(first, release_features(clean, budgets, seed=5, split="test"))
+    first = release_features(clean, budgets, identity={"split": "train"})
+    assert np.array_equal(first, release_features(clean, budgets, identity={"split": "train"}))
+    assert not np.array_equal(first, release_features(clean, budgets, identity={"split": "test"}))
+
+
+def test_without_a_key_the_same_identity_draws_fresh_noise():
+    clean = np.zeros((50, 4), dtype=np.float32)
+    first = release_features(clean, np.ones(4), identity={"split": "train"})
+    assert not np.array_equal(
+        first, release_features(clean, np.ones(4), identity={"split": "train"})
+    )
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_two_releases_at_different_epsilons_do_not_cancel(request, keyed):
+    """The review's attack: releases at epsilon 1 and 16 of the same records with the same
+    public seed; x = (e1 r1 - e2 r2) / (e1 - e2) recovered every value to 1e-6 when both drew
+    the same standard Laplace noise. Now the estimate is no better than the noise allows:
+    its error is larger than that of the epsilon-16 release read on its own."""
+    if keyed:
+        request.getfixturevalue("noise_key")
+    rng = np.random.default_rng(0)
+    clean = rng.random((400, 30)).astype(np.float32)
+    e1, e2 = 1.0, 16.0
+    r1, r2 = (
+        release_features(clean, np.full(30, e / 30), identity={"split": "train", "epsilon": e})
+        for e in (e1, e2)
+    )
+    attack = (e1 * r1 - e2 * r2) / (e1 - e2)
+    attack_error = np.sqrt(np.mean((attack - clean) ** 2))
+    single_error = np.sqrt(np.mean((r2 - clean) ** 2))  # about sqrt(2) * 30 / 16
+    assert attack_error > single_error > 1.0
 
 
 def test_test_split_stays_clean_unless_perturbed(table):

@@ -119,7 +119,12 @@ def _ray_executor(jobs: int, threads: int, address: str | None) -> Executor:
         ray.init(address=address, log_to_driver=False)
     elif started_here:
         ray.init(num_cpus=jobs * threads, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=threads)(execute_run)
+    from dpmed.privacy.secret import KEY_ENV
+
+    # The noise key travels as the path of its file (which Ray's workers must see), never
+    # as its bytes; local workers inherit it from the environment.
+    key_file = {KEY_ENV: os.environ[KEY_ENV]} if os.environ.get(KEY_ENV) else {}
+    remote = ray.remote(num_cpus=threads, runtime_env={"env_vars": key_file})(execute_run)
 
     def shutdown(cancel: bool) -> None:
         if started_here:

@@ -10,6 +10,7 @@ reported is what diffprivlib actually spent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,36 +18,54 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from torch import nn
 
+from dpmed.privacy import secret
+
 CLASSIFIERS = ("logistic-regression", "gaussian-nb", "random-forest")
 TABLE_MODELS = (*CLASSIFIERS, "mlp")
 FOREST = {"n_estimators": 10, "max_depth": 5}  # diffprivlib's defaults, for both twins
 
 
 def build_classifier(
-    name: str, *, n_features: int, seed: int, epsilon: float | None = None
+    name: str,
+    *,
+    n_features: int,
+    seed: int = 0,
+    epsilon: float | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> Pipeline:
-    """The scikit-learn model `name`, or with `epsilon` its diffprivlib twin, which records
-    what it spends in its own `accountant`; both after centring the features."""
-    return make_pipeline(FunctionTransformer(_centre), _estimator(name, n_features, seed, epsilon))
+    """The scikit-learn model `name` (`seed` for a forest's public randomness), or with
+    `epsilon` its diffprivlib twin, which records what it spends in its own `accountant`
+    and draws its noise from secret randomness named by `identity`
+    (dpmed.privacy.secret); both after centring the features."""
+    if epsilon is None:
+        estimator = _estimator(name, seed)
+    else:
+        draw = {"draw": "diffprivlib", "model": name, "epsilon": epsilon, **(identity or {})}
+        estimator = _private_estimator(name, n_features, epsilon, secret.random_state(draw))
+    return make_pipeline(FunctionTransformer(_centre), estimator)
 
 
 def _centre(features: np.ndarray) -> np.ndarray:
     return np.asarray(features, dtype=np.float64) - 0.5
 
 
-def _estimator(name: str, n_features: int, seed: int, epsilon: float | None) -> Any:
-    if epsilon is None:
-        from sklearn import ensemble, linear_model, naive_bayes
+def _estimator(name: str, seed: int) -> Any:
+    from sklearn import ensemble, linear_model, naive_bayes
 
-        return {
-            "logistic-regression": lambda: linear_model.LogisticRegression(max_iter=1000),
-            "gaussian-nb": naive_bayes.GaussianNB,
-            "random-forest": lambda: ensemble.RandomForestClassifier(**FOREST, random_state=seed),
-        }[name]()
+    return {
+        "logistic-regression": lambda: linear_model.LogisticRegression(max_iter=1000),
+        "gaussian-nb": naive_bayes.GaussianNB,
+        "random-forest": lambda: ensemble.RandomForestClassifier(**FOREST, random_state=seed),
+    }[name]()
+
+
+def _private_estimator(
+    name: str, n_features: int, epsilon: float, random_state: np.random.RandomState | None
+) -> Any:
     from diffprivlib import BudgetAccountant, models
 
     bounds = (np.full(n_features, -0.5), np.full(n_features, 0.5))
-    private = {"epsilon": epsilon, "accountant": BudgetAccountant(), "random_state": seed}
+    private = {"epsilon": epsilon, "accountant": BudgetAccountant(), "random_state": random_state}
     return {
         "logistic-regression": lambda: models.LogisticRegression(
             data_norm=float(np.sqrt(n_features)) / 2, max_iter=1000, **private

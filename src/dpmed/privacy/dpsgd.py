@@ -38,6 +38,7 @@ from torch import nn
 
 import dpmed.privacy.ghost_norms  # noqa: F401  (registers ghost clipping's Conv2d norms)
 from dpmed.errors import ConfigError
+from dpmed.privacy import secret
 from dpmed.privacy.adaptive_dpsgd import (
     AdaptiveClipping,
     NoiseAllocation,
@@ -120,9 +121,13 @@ class DPSGD:
     clipping: str = "flat"  # or "adaptive" (dpmed.privacy.adaptive_dpsgd)
     target_unclipped_quantile: float = 0.5
     noise_allocation: str | None = None  # per-group clipping: "equal" or "entropy" shares
+    # Names this training for the secret noise and batches (dpmed.privacy.secret): the
+    # settings and training data; with a noise key, equal identities give equal noise.
+    identity: dict = field(default_factory=dict, repr=False)
     optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
     module: nn.Module | None = field(default=None, init=False, repr=False)
     _leaves: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    _sampler: torch.Generator | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.ghost and (self.clipping == "adaptive" or self.noise_allocation):
@@ -145,6 +150,9 @@ class DPSGD:
             "max_grad_norm": self.max_grad_norm,
             "expected_batch_size": max(1, round(self.sample_rate * n_train)),
             "loss_reduction": "mean",
+            "generator": secret.torch_generator(
+                self.identity | {"draw": "dp-sgd noise"}, next(model.parameters()).device
+            ),
         }
         if self.clipping == "adaptive":
             quantile = self.target_unclipped_quantile
@@ -212,11 +220,14 @@ class DPSGD:
             else:
                 p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
 
-    def batches(self, n_train: int, generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
+    def batches(self, n_train: int) -> Iterator[list[torch.Tensor]]:
         """One epoch: 1/q logical batches, each every image independently with prob q,
-        cut into physical chunks (an empty batch is an empty list: a noise-only step)."""
+        cut into physical chunks (an empty batch is an empty list: a noise-only step).
+        The sampling is secret, like the noise: the accountant assumes nobody knows it."""
+        if self._sampler is None:
+            self._sampler = secret.torch_generator(self.identity | {"draw": "poisson batches"})
         for _ in range(math.ceil(1 / self.sample_rate)):
-            chosen = torch.rand(n_train, generator=generator) < self.sample_rate
+            chosen = torch.rand(n_train, generator=self._sampler) < self.sample_rate
             indices = chosen.nonzero().flatten()
             yield list(indices.split(self.physical_batch_size)) if len(indices) else []
 
@@ -257,6 +268,7 @@ def plan_dpsgd(
     clipping: str = "flat",
     target_unclipped_quantile: float | None = None,
     noise_allocation: str | None = None,
+    identity: dict | None = None,
 ) -> DPSGD:
     """DP-SGD for `n_train` images: sample rate batch/N, delta (0 -> 1/N^1.1), and the
     noise multiplier given or calibrated so that `target_epsilon` is never exceeded.
@@ -291,6 +303,7 @@ def plan_dpsgd(
         clipping=clipping,
         target_unclipped_quantile=target_unclipped_quantile or 0.5,
         noise_allocation=noise_allocation,
+        identity=identity or {},
     )
 
 

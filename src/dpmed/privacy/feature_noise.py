@@ -25,11 +25,10 @@ split is chosen from the private importance, which adaptive composition allows).
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 
 from dpmed.errors import ConfigError
+from dpmed.privacy import secret
 
 
 def split_budget(epsilon: float, importance: np.ndarray) -> np.ndarray:
@@ -45,24 +44,28 @@ def split_budget(epsilon: float, importance: np.ndarray) -> np.ndarray:
 
 
 def private_importance(
-    features: np.ndarray, labels: np.ndarray, *, epsilon: float, seed: int
+    features: np.ndarray, labels: np.ndarray, *, epsilon: float, identity: dict
 ) -> np.ndarray:
     """|coefficients| of an epsilon-DP logistic regression (diffprivlib's objective
     perturbation) on features in [0, 1], centred by the model."""
     from dpmed.models.tabular import build_classifier
 
     model = build_classifier(
-        "logistic-regression", n_features=features.shape[1], seed=seed, epsilon=epsilon
+        "logistic-regression",
+        n_features=features.shape[1],
+        epsilon=epsilon,
+        identity=identity | {"draw": "feature importance", "features": features},
     )
     return np.abs(model.fit(features, labels)[-1].coef_[0])
 
 
-def release_features(
-    features: np.ndarray, budgets: np.ndarray, *, seed: int, split: str
-) -> np.ndarray:
-    """Each value plus Laplace(1 / epsilon_j) noise, drawn once from a stream seeded by
-    (seed, split); a feature with zero budget is replaced by 0.5 (it carries nothing)."""
-    rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
+def release_features(features: np.ndarray, budgets: np.ndarray, *, identity: dict) -> np.ndarray:
+    """Each value plus Laplace(1 / epsilon_j) noise, drawn once from secret randomness
+    named by `identity`, the records and the budgets (dpmed.privacy.secret); a feature
+    with zero budget is replaced by 0.5 (it carries nothing)."""
+    rng = secret.numpy_generator(
+        identity | {"draw": "table release", "features": features, "budgets": budgets}
+    )
     scale = np.divide(1.0, budgets, out=np.zeros_like(budgets), where=budgets > 0)
     noisy = features + rng.laplace(size=features.shape) * scale
     return np.where(budgets > 0, noisy, 0.5).astype(np.float32)

@@ -11,9 +11,9 @@ Mechanisms register themselves by name (`@register("laplace")`); their settings 
 dataclass fields named like the `RunConfig` fields that hold them (`cell_size`,
 `snapping`), so a new mechanism plugs in without touching the training loop.
 
-The noisy copy is a release: drawn once per (dataset, split, mechanism and its settings,
-noise scale, seed) from its own noise stream, saved under the cache and reused by every
-epoch and every run that asks for it.
+The noisy copy is a release: drawn once per identity (the clean images, dataset, split,
+mechanism and its settings, noise scale, seed) from secret noise, saved under the cache
+and reused by every epoch and every run that asks for exactly that release.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 from dpmed.data.images import atomic_write
 from dpmed.data.root import cache_dir
 from dpmed.errors import ConfigError
+from dpmed.privacy import secret
 from dpmed.privacy.guarantee import NO_PRIVACY, PrivacyGuarantee, Unit
 
 ASSUMPTIONS = (
@@ -38,7 +39,8 @@ ASSUMPTIONS = (
     "a pixel is one pixel of the image as released (after resizing)",
     "neighbouring data sets replace one unit's data; the number of images is public",
     "labels and patient ids are released without noise and are not protected",
-    "the noise is drawn once per image; the release seed is kept secret",
+    "the noise is drawn once per image from secret randomness (operating-system entropy "
+    "or a secret noise key), never from the public seed",
 )
 
 MECHANISMS: dict[str, type[InputMechanism]] = {}
@@ -151,13 +153,6 @@ def build_mechanism(name: str, settings: Mapping[str, Any]) -> InputMechanism:
     return cls(**{field.name: settings[field.name] for field in dataclasses.fields(cls)})
 
 
-def release_seed(seed: int, dataset: str, split: str, setting: str) -> np.random.SeedSequence:
-    """Independent noise for every (dataset, split, setting, seed): two releases never
-    share draws (sharing them across noise scales would let anyone subtract the noise)."""
-    tag = hashlib.sha256(f"{dataset}/{split}/{setting}".encode()).digest()[:16]
-    return np.random.SeedSequence([seed, int.from_bytes(tag, "big")])
-
-
 def released_split(
     images: np.ndarray,
     mechanism: InputMechanism,
@@ -169,17 +164,27 @@ def released_split(
 ) -> tuple[np.ndarray, str]:
     """The release of one split, drawn once and saved under the cache; (images, sha256).
 
-    The file is keyed by the clean images, the mechanism and its settings, the noise
-    scale, the seed and the split, so every run that asks for the same release gets the
-    very same noisy copy.
+    Its identity is everything that makes it this release: the clean images themselves
+    (so their size, number and membership), the dataset, split, mechanism with all its
+    settings, noise scale and the run's seed (a repeat). The noise is secret
+    (`dpmed.privacy.secret`): seeded by the noise key and this identity, or by
+    operating-system entropy, so two releases never share draws. A cached release is
+    reused only for exactly the same identity and noise source.
     """
-    setting = f"{mechanism!r}/{noise_scale!r}"
-    digest = hashlib.sha256(images.tobytes() + setting.encode()).hexdigest()[:16]
-    name = f"{dataset}-{split}-{mechanism.label}-scale{noise_scale:.4g}-seed{seed}-{digest}.npy"
+    identity = {
+        "draw": "input release",
+        "dataset": dataset,
+        "split": split,
+        "images": images,
+        "mechanism": repr(mechanism),
+        "noise_scale": noise_scale,
+        "seed": seed,
+    }
+    tag = secret.cache_tag(identity)
+    name = f"{dataset}-{split}-{mechanism.label}-scale{noise_scale:.4g}-{tag}.npy"
     path = cache_dir() / "releases" / name
     if not path.exists():
-        rng = np.random.default_rng(release_seed(seed, dataset, split, setting))
-        noisy = mechanism.release(images, noise_scale, rng)
+        noisy = mechanism.release(images, noise_scale, secret.numpy_generator(identity))
         atomic_write(path, lambda handle: np.save(handle, noisy))
     return np.load(path), file_sha256(path)
 

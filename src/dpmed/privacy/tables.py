@@ -76,6 +76,7 @@ def perturb_table(
     `adaptive-laplace` each record is released once with per-feature Laplace noise; other
     techniques see the clean table (their guarantee comes from training)."""
     clean = {s: (d.features, d.labels) for s, d in dataset.splits.items()}
+    identity = {"dataset": dataset.name, "technique": technique, "epsilon": epsilon, "seed": seed}
     if technique not in ("laplace", "adaptive-laplace"):
         return clean, record_privacy(NO_NOISE, dataset)
     n_features = len(dataset.features)
@@ -86,7 +87,7 @@ def perturb_table(
         importance_epsilon = importance_share * epsilon
         train = dataset.splits["train"]
         importance = private_importance(
-            train.features, train.labels, epsilon=importance_epsilon, seed=seed
+            train.features, train.labels, epsilon=importance_epsilon, identity=identity
         )
         how = (
             f"split over the features by task importance (|coefficients| of an "
@@ -96,7 +97,9 @@ def perturb_table(
     released = [s for s in dataset.splits if perturb_test or s != "test"]
     inputs = dict(clean)
     for split in released:
-        features = release_features(dataset.splits[split].features, budgets, seed=seed, split=split)
+        features = release_features(
+            dataset.splits[split].features, budgets, identity=identity | {"split": split}
+        )
         inputs[split] = (features.clip(0, 1) if clip_after_release else features, clean[split][1])
     guarantee = PrivacyGuarantee(
         mechanism=technique,
@@ -106,7 +109,10 @@ def perturb_table(
         accounting=f"epsilon {epsilon - importance_epsilon:.4g} of per-feature Laplace noise, "
         f"{how}, composed"
         + (f", plus {importance_epsilon:.4g} for the importance" if importance_epsilon else ""),
-        assumptions=("each record is released once, with noise drawn from a secret seed",),
+        assumptions=(
+            "each record is released once, with noise from secret randomness (operating-system "
+            "entropy or a secret noise key), never from the public seed",
+        ),
     )
     details = {
         "feature_epsilons": [float(b) for b in budgets],

@@ -109,7 +109,7 @@ def fit(
             start = time.perf_counter()
             trained.train()
             if dp:
-                batches = dp.batches(len(labels), generator)
+                batches = dp.batches(len(labels))
             else:
                 order = torch.randperm(len(labels), generator=generator)
                 batches = ([batch] for batch in order.split(settings.batch_size))
