@@ -248,9 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     privacy.add_argument(
         "--images-per-patient",
         type=_number(int),
-        default=1,
         metavar="INT",
-        help="k, the most images of one patient, for the patient unit (default 1)",
+        help="k, the most images of one patient, for the patient unit (default: unknown, so "
+        "no patient guarantee)",
     )
     privacy.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_config_flags(privacy, only=PRIVACY_FLAGS)
@@ -332,7 +332,7 @@ def _privacy(args: argparse.Namespace) -> int:
 
     if args.image_size is None:
         raise DpmedError("give --image-size, the side of the square images in pixels")
-    if args.images_per_patient < 1:
+    if args.images_per_patient is not None and args.images_per_patient < 1:
         raise DpmedError(f"images_per_patient must be >= 1, got {args.images_per_patient}")
     config = RunConfig.from_mapping(_overrides(args), source="flags")
     size = config.resolved_image_size
@@ -361,6 +361,8 @@ def _privacy(args: argparse.Namespace) -> int:
         (g.unit, "inf" if g.epsilon is None else f"{g.epsilon:,.6g}", f"{g.delta:g}")
         for g in report.by_unit.values()
     ]
+    if report.images_per_patient is None:
+        rows.append(("patient", "unknown", "(give --images-per-patient k)"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -385,6 +386,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return None
     for kind in allowed:
         if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN passes every range check: refuse it here
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
             return float(value)
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -27,7 +27,7 @@ from dpmed.errors import ConfigError
 from dpmed.models import build_model
 from dpmed.models.tabular import MLP, build_classifier
 from dpmed.privacy import Unit, released_split, secret
-from dpmed.privacy.accounting import account
+from dpmed.privacy.accounting import NO_PATIENTS, account
 from dpmed.privacy.postprocess import parse_postprocess, postprocess
 from dpmed.privacy.tables import diffprivlib_guarantee, perturb_table, record_privacy
 from dpmed.report.plots import learning_curve
@@ -118,7 +118,14 @@ def run_experiment(
                 dp=dp,
             )
         else:
-            records = [fit_classifier(model, inputs, checkpoint=staging / "model.pkl")]
+            records = [
+                fit_classifier(
+                    model,
+                    inputs,
+                    checkpoint=staging / "model.pkl",
+                    score_train=config.technique != "diffprivlib",
+                )
+            ]
             if on_epoch:
                 on_epoch(records[0])
         if dp and config.is_table:
@@ -132,13 +139,13 @@ def run_experiment(
         elif dp:
             from dpmed.privacy.dpsgd import dpsgd_privacy
 
-            privacy |= dpsgd_privacy(
+            privacy = dpsgd_privacy(
                 dp,
                 target_epsilon=config.target_epsilon,
                 images_per_patient=privacy["images_per_patient"],
                 assumptions=privacy["assumptions"],
                 balanced_loss=config.balanced_loss,
-            )
+            ) | {"postprocess": privacy["postprocess"]}
         if config.technique == "diffprivlib":
             privacy = record_privacy(diffprivlib_guarantee(model), prepared.data)
             log(f"privacy: {privacy['description']}")
@@ -158,7 +165,8 @@ def run_experiment(
             "seed": config.seed,
             "epochs": len(records),
             "best_epoch": best.epoch,
-            **{split: best.metrics[split] for split in ("train", "val", "test")},
+            # None under DP training: the clean training images are not scored
+            **{split: best.metrics.get(split) for split in ("train", "val", "test")},
             "privacy": privacy,
             "timing": {
                 "total_seconds": round(time.perf_counter() - started, 2),
@@ -171,7 +179,7 @@ def run_experiment(
             "device": str(device),
             "dpmed_version": __version__,
         }
-        _write_run(staging, config.replace(image_size=config.resolved_image_size), records, summary)
+        _write_run(staging, *_resolved(config, privacy), records, summary)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -287,13 +295,17 @@ def apply_technique(
     return inputs, privacy
 
 
-def _images_per_patient(dataset: ImageDataset, splits: list[str]) -> tuple[int, str]:
-    """k, the largest number of images of one patient in the released splits, and a note."""
+def _images_per_patient(dataset: ImageDataset, splits: list[str]) -> tuple[int | None, str]:
+    """k, the largest number of images of one patient in the released splits (None where
+    the data has no patient ids: the patient guarantee is then unknown), and a note."""
     if not dataset.patient_ids:
-        return 1, "the dataset has no patient ids: every image counts as its own patient (k = 1)"
+        return None, f"per patient: {NO_PATIENTS}"
     patients = np.concatenate([dataset.splits[s].patients for s in splits or dataset.splits])
     k = int(np.unique(patients, return_counts=True)[1].max())
-    return k, f"k = {k}: the most images of one patient in the released splits (patient ids)"
+    return k, (
+        f"k = {k}: the most images of one patient in the released splits, read from the "
+        "patient ids, which are released without noise"
+    )
 
 
 def noise_identity(config: RunConfig, train: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
@@ -328,8 +340,37 @@ def _settings(config: RunConfig) -> TrainSettings:
     )
 
 
-def _write_run(folder: Path, config: RunConfig, records: list[EpochRecord], summary: dict) -> None:
-    (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def _resolved(config: RunConfig, privacy: dict[str, Any]) -> tuple[RunConfig, str]:
+    """The settings the run actually used (rerunning them repeats it), and a line saying
+    what was resolved: image size, unit, and DP-SGD's delta, mode and noise multiplier, or
+    an image release's noise scale, in place of the target epsilon they were calibrated to."""
+    changes: dict[str, Any] = {
+        "image_size": config.resolved_image_size,
+        "unit": config.resolved_unit,
+    }
+    if config.technique == "dp-sgd":
+        changes |= {
+            "delta": privacy["delta"],
+            "grad_sample_mode": privacy["grad_sample_mode"],
+            "noise_multiplier": privacy["noise_multiplier"],
+        }
+    elif not config.is_table and config.target_epsilon is not None:
+        changes["noise_scale"] = privacy["noise_scale"]
+    note = "# the settings this run used, defaults and calibrations resolved"
+    if config.target_epsilon is not None and not config.is_table:
+        changes["target_epsilon"] = None
+        note += (
+            f" (calibrated to target_epsilon {config.target_epsilon:g} per {config.resolved_unit})"
+        )
+    return config.replace(**changes), note
+
+
+def _write_run(
+    folder: Path, config: RunConfig, note: str, records: list[EpochRecord], summary: dict
+) -> None:
+    (folder / "config.yaml").write_text(
+        f"{note}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False)
+    )
     splits = list(records[0].metrics)
     with open(folder / "metrics.csv", "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -7,7 +7,10 @@ and `dpmed privacy` both call it.
 >>> from dpmed.privacy.laplace import Laplace
 >>> report = account(Laplace(), noise_scale=2.0, pixels_per_image=28 * 28)
 >>> report.epsilon("pixel"), report.epsilon("image"), report.epsilon("patient")
-(0.5, 392.0, 392.0)
+(0.5, 392.0, None)
+>>> account(Laplace(), noise_scale=2.0, pixels_per_image=784, images_per_patient=3).epsilon(
+...     "patient")
+1176.0
 >>> account(Laplace(), target_epsilon=8.0, pixels_per_image=784).noise_scale
 98.0
 """
@@ -23,6 +26,10 @@ from dpmed.privacy.guarantee import NO_PRIVACY, PrivacyGuarantee, Unit
 from dpmed.privacy.mechanism import InputMechanism
 
 IMAGE = Unit("image")
+NO_PATIENTS = (
+    "unknown: the images have no patient ids, and one patient may have several images; "
+    "give the most images of one patient (k) to get it"
+)
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,13 @@ class Accounting:
     mechanism: InputMechanism | None
     noise_scale: float
     target_epsilon: float | None
-    images_per_patient: int
+    images_per_patient: int | None  # None: unknown (no patient ids), so is the patient unit
     headline: PrivacyGuarantee
     by_unit: dict[str, PrivacyGuarantee]
 
     def epsilon(self, unit: str) -> float | None:
-        return self.by_unit[unit].epsilon
+        """Epsilon per `unit`; None without noise or, for the patient, when k is unknown."""
+        return self.by_unit[unit].epsilon if unit in self.by_unit else None
 
     @property
     def noise_std(self) -> float:
@@ -56,6 +64,7 @@ class Accounting:
             "delta": self.headline.delta,
             **{f"epsilon_per_{u}": self.epsilon(u) for u in ("pixel", "image", "patient")},
             "images_per_patient": self.images_per_patient,
+            **({} if "patient" in self.by_unit else {"epsilon_per_patient_unknown": NO_PATIENTS}),
             "accounting": self.headline.accounting,
             "assumptions": list(self.headline.assumptions),
             "description": self.describe(),
@@ -67,8 +76,10 @@ class Accounting:
         others = ", ".join(
             f"{self.epsilon(u):,.4g} per {u}"
             for u in ("pixel", "image", "patient")
-            if self.by_unit[u].unit != self.headline.unit
+            if u in self.by_unit and self.by_unit[u].unit != self.headline.unit
         )
+        if "patient" not in self.by_unit:
+            others += ", unknown per patient"
         return f"{self.headline.describe()} (epsilon = {others})"
 
 
@@ -80,21 +91,26 @@ def account(
     target_epsilon: float | None = None,
     unit: Unit = IMAGE,
     delta: float = 0.0,
-    images_per_patient: int = 1,
+    images_per_patient: int | None = None,
     assumptions: tuple[str, ...] = (),
 ) -> Accounting:
     """Calibrate (from `noise_scale`, or to `target_epsilon` per `unit`) and account.
 
-    The patient unit covers `images_per_patient` (k) images; `assumptions` are added to
-    every guarantee (e.g. how k was found).
+    The patient unit covers `images_per_patient` (k) images; when k is unknown (None: no
+    patient ids) there is no patient guarantee, never the per-image one in its place.
+    `assumptions` are added to every guarantee (e.g. how k was found).
     """
     if target_epsilon is not None and noise_scale:
         raise ConfigError("set noise_scale or target_epsilon, not both")
-    units = {
-        "pixel": Unit("pixel"),
-        "image": Unit("image"),
-        "patient": Unit("patient", images=images_per_patient),
-    }
+    units = {"pixel": Unit("pixel"), "image": Unit("image")}
+    if images_per_patient is not None:
+        units["patient"] = Unit("patient", images=images_per_patient)
+    elif unit.name == "patient":
+        raise ConfigError(
+            "the patient unit needs k, the most images of one patient, which is unknown here "
+            "(no patient ids): choose another --unit, or give --images-per-patient k to "
+            "dpmed privacy"
+        )
     key = str(unit) if unit.name == "m-pixels" else unit.name
     unit = units.setdefault(key, unit)
     if mechanism is None:

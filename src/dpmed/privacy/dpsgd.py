@@ -364,15 +364,22 @@ def dpsgd_privacy(
     dp: DPSGD,
     *,
     target_epsilon: float | None,
-    images_per_patient: int,
+    images_per_patient: int | None,
     assumptions: list[str] = (),
     balanced_loss: bool = False,
 ) -> dict:
     """The `privacy` entry of summary.json after training on images: the epsilon actually
-    spent per image, and per patient by group privacy: (k eps, k e^((k-1) eps) delta)."""
+    spent per image, and per patient by group privacy: (k eps, k e^((k-1) eps) delta),
+    unknown (None) when k is (no patient ids)."""
     image = dpsgd_guarantee(dp, balanced_loss=balanced_loss)
     epsilon, k = image.epsilon, images_per_patient
-    patient_epsilon, patient_delta = group_privacy(epsilon, dp.delta, k)
+    patient_epsilon, patient_delta = group_privacy(epsilon, dp.delta, k) if k else (None, None)
+    per_patient = (
+        f"per patient of up to {k} images: epsilon = {patient_epsilon:.4g}, "
+        f"delta = {patient_delta:.3g}"
+        if k
+        else "unknown per patient: no patient ids"
+    )
     return {
         "mechanism": "dp-sgd",
         **dpsgd_settings(dp, target_epsilon=target_epsilon),
@@ -386,6 +393,5 @@ def dpsgd_privacy(
         "images_per_patient": k,
         "accounting": image.accounting,
         "assumptions": [*image.assumptions, *assumptions],
-        "description": f"{image.describe()} (per patient of up to {k} images: epsilon = "
-        f"{patient_epsilon:.4g}, delta = {patient_delta:.3g})",
+        "description": f"{image.describe()} ({per_patient})",
     }

@@ -19,8 +19,8 @@ from dpmed.privacy.guarantee import PrivacyGuarantee
 ASSUMPTIONS = (
     "one record is one patient's row; neighbouring tables replace one record",
     "feature bounds are public (set without reading the data); values are clipped to them",
-    "labels are released without noise and are not protected",
 )
+LABELS_UNPROTECTED = "labels are released without noise and are not protected"
 NO_NOISE = PrivacyGuarantee("none", "record", None, 0.0, "no noise is added")
 
 
@@ -110,6 +110,7 @@ def perturb_table(
         f"{how}, composed"
         + (f", plus {importance_epsilon:.4g} for the importance" if importance_epsilon else ""),
         assumptions=(
+            LABELS_UNPROTECTED,
             "each record is released once, with noise from secret randomness (operating-system "
             "entropy or a secret noise key), never from the public seed",
         ),

@@ -18,6 +18,8 @@ def learning_curve(records: list[EpochRecord], best: int, path: Path, title: str
     epochs = [r.epoch for r in records]
     fig, ax = plt.subplots(figsize=(6, 4))
     for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
+        if split not in records[0].metrics:  # no train metrics under DP training
+            continue
         ax.plot(
             epochs,
             [100 * r.metrics[split]["accuracy"] for r in records],

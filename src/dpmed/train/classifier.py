@@ -14,14 +14,24 @@ from dpmed.train.metrics import binary_metrics
 
 
 def fit_classifier(
-    model: Any, data: dict[str, tuple[np.ndarray, np.ndarray]], *, checkpoint: Path
+    model: Any,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    checkpoint: Path,
+    score_train: bool = True,
 ) -> EpochRecord:
-    """Fit on data["train"], evaluate each split, pickle the fitted model to `checkpoint`."""
+    """Fit on data["train"], evaluate each split (not train when `score_train` is False:
+    a DP model's clean training metrics would be published without a guarantee), pickle
+    the fitted model to `checkpoint`."""
     start = time.perf_counter()
     features, labels = data["train"]
     model.fit(features, labels)
     train_seconds = time.perf_counter() - start
-    metrics = {split: _score(model, *arrays) for split, arrays in data.items()}
+    metrics = {
+        split: _score(model, *arrays)
+        for split, arrays in data.items()
+        if score_train or split != "train"
+    }
     checkpoint.write_bytes(pickle.dumps(model))
     return EpochRecord(1, metrics, time.perf_counter() - start, len(labels) / train_seconds)
 

@@ -30,7 +30,7 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 @dataclass(frozen=True)
 class EpochRecord:
     epoch: int
-    metrics: dict[str, dict[str, float | None]]  # split -> metric -> value
+    metrics: dict[str, dict[str, float | None]]  # split -> metric -> value (no train under DP)
     seconds: float
     train_images_per_second: float
 
@@ -72,7 +72,9 @@ def fit(
     model (on validation) to `checkpoint`. `data` maps split -> (images (N,H,W) or
     table rows (N,F), labels).
 
-    With `dp`, training is DP-SGD: Poisson batches, per-example clipping and noise.
+    With `dp`, training is DP-SGD: Poisson batches, per-example clipping and noise, and
+    the clean training images are never scored (their metrics would be published without
+    a guarantee): the records hold val and test only.
     With `augment_multiplicity` K, every image is seen as K (augmented) copies: the loss is
     the mean over all copies, and under DP-SGD an image's gradient is its copies' mean.
     A model with a `frozen` stage (fixed, no trainable weights, e.g. ScatterNet) has every
@@ -101,6 +103,7 @@ def fit(
     class_weights = _class_weights(labels, device) if settings.balanced_loss else None
     targets = torch.from_numpy(labels)
     copies = settings.augment_multiplicity
+    scored = [split for split in data if not (dp and split == "train")]
     records: list[EpochRecord] = []
     with make_progress() as progress:
         task = progress.add_task("training", total=settings.epochs * steps_per_epoch, status="")
@@ -121,7 +124,7 @@ def fit(
                     x = _to_input(images[chunk.numpy()], device).repeat_interleave(copies, 0)
                     if settings.augment:
                         x = random_affine(x, generator)
-                    with _autocast(device):
+                    with _autocast(device, exact=bool(dp and dp.ghost)):
                         logits = trained(x)
                     y = targets[chunk].repeat_interleave(copies).to(device)
                     losses = _losses(logits.float(), y, class_weights)
@@ -142,7 +145,9 @@ def fit(
                 progress.advance(task)
             train_seconds = time.perf_counter() - start
             metrics = {
-                split: evaluate(evaluated, *arrays, device=device) for split, arrays in data.items()
+                split: evaluate(evaluated, *arrays, device=device)
+                for split, arrays in data.items()
+                if split in scored
             }
             record = EpochRecord(
                 epoch, metrics, time.perf_counter() - start, len(labels) / train_seconds
@@ -265,5 +270,10 @@ def _class_weights(labels: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.tensor(len(labels) / (2 * counts), dtype=torch.float32, device=device)
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, *, exact: bool = False) -> torch.autocast:
+    """bf16 on CUDA, unless `exact`: ghost clipping takes each image's gradient norm and
+    its clipped gradient from two separate passes, and bf16 rounding in either could let
+    a clipped contribution exceed the bound; in float32 both agree."""
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and not exact
+    )
