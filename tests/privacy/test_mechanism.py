@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -51,8 +53,8 @@ def _images(seed=0):
 @pytest.mark.parametrize(
     "mechanism", [Laplace(), Laplace(snapping=True), Gaussian(), DPPix(4), WeightedLaplace(16)]
 )
-def test_release_is_drawn_once_and_reproducible_from_its_seed(
-    mechanism, private_cache, monkeypatch
+def test_release_is_drawn_once_and_reproducible_with_the_noise_key(
+    mechanism, private_cache, monkeypatch, noise_key
 ):
     images = _images()
     args = {"noise_scale": 0.5, "seed": 3, "dataset": "d", "split": "train"}
@@ -63,6 +65,7 @@ def test_release_is_drawn_once_and_reproducible_from_its_seed(
     assert calls == [] and sha == sha_again and np.array_equal(first, again)
 
     monkeypatch.undo()
+    monkeypatch.setenv("DPMED_NOISE_KEY_FILE", str(noise_key))
     elsewhere = private_cache / "elsewhere" / mechanism.label
     monkeypatch.setenv("DPMED_CACHE", str(elsewhere))
     redrawn, sha_redrawn = released_split(images, mechanism, **args)
@@ -71,10 +74,56 @@ def test_release_is_drawn_once_and_reproducible_from_its_seed(
     assert mech.file_sha256(saved) == sha and mechanism.label in saved.name
 
 
+def test_without_a_key_the_public_seed_does_not_regenerate_a_release(private_cache, monkeypatch):
+    """The review's attack: knowing the seed (config.yaml, summary, cache names) regenerated
+    99.3% of a Laplace release's noise. Without a key, the same seed on another machine (a
+    fresh cache) draws other noise, and no cached file name holds the seed or a plain hash
+    of the private images."""
+    images = _images()
+    args = {"noise_scale": 2.0, "seed": 0, "dataset": "d", "split": "train"}
+    first, _ = released_split(images, LAPLACE, **args)
+    monkeypatch.setenv("DPMED_CACHE", str(private_cache / "attacker"))
+    attacker, _ = released_split(images, LAPLACE, **args)
+    assert np.mean(first == attacker) < 0.01
+    noise = first.astype(np.float64) - images / 255
+    seeded = np.random.default_rng(0).laplace(0, 2.0, images.shape)  # the seed's own stream
+    assert abs(np.corrcoef(noise.ravel(), seeded.ravel())[0, 1]) < 0.05
+    names = " ".join(p.name for p in (private_cache / "releases").glob("*"))
+    plain_hash = hashlib.sha256(images.tobytes()).hexdigest()
+    assert "seed" not in names and plain_hash[:8] not in names
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_releases_of_other_sizes_or_subsets_do_not_cancel(request, keyed):
+    """The review's attack on images: releases at two image sizes (or of two subsets) drew
+    the same noise stream, so their difference gave the private pixel difference to float16
+    rounding. Now the difference carries both noises: its error is sqrt(2) noise sds."""
+    if keyed:
+        request.getfixturevalue("noise_key")
+    large = np.random.default_rng(1).integers(0, 256, (40, 32, 32), dtype=np.uint8)
+    small = large[:, ::2, ::2].copy()
+    args = {"noise_scale": 0.5, "seed": 0, "dataset": "d", "split": "train"}
+    pairs = (
+        (large, small),  # another image size
+        (large, large[:30]),  # another subset (max_images, validation fraction)
+    )
+    for a, b in pairs:
+        ra, _ = released_split(a, LAPLACE, **args)
+        rb, _ = released_split(b, LAPLACE, **args)
+        n = b.size
+        clean_difference = (a.ravel()[:n] - b.ravel()[:n].astype(np.float64)) / 255
+        found = ra.ravel()[:n].astype(np.float64) - rb.ravel()[:n]
+        error = np.std(found - clean_difference)
+        assert error > 0.9 * np.sqrt(2) * LAPLACE.noise_std(0.5)
+
+
 LAPLACE = Laplace()
 
 
-def test_releases_are_independent_across_seed_split_scale_and_mechanism():
+@pytest.mark.parametrize("keyed", [False, True])
+def test_releases_are_independent_across_seed_split_scale_and_mechanism(request, keyed):
+    if keyed:
+        request.getfixturevalue("noise_key")
     images = np.zeros((20, 16, 16), dtype=np.uint8)
 
     def noise(mechanism=LAPLACE, **changes):
@@ -92,4 +141,4 @@ def test_releases_are_independent_across_seed_split_scale_and_mechanism():
     )
     for other in others:
         assert abs(np.corrcoef(base, other)[0, 1]) < 0.05
-    assert np.array_equal(noise(DPPix(1)), noise(DPPix(1)))
+    assert np.array_equal(noise(DPPix(1)), noise(DPPix(1)))  # one release, reused
