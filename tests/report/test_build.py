@@ -296,3 +296,15 @@ def test_a_table_guarantee_that_does_not_hold_says_so_beside_its_epsilon():
     assert epsilon_strength(privacy, "record") == "0.5 (does not hold)"
     assert "the guarantee does not hold" in assumptions(run)[0]
     assert "validation and test records are not protected" in assumptions(run)[1]
+
+
+def test_a_run_learning_curve_leaves_out_train_without_metrics(tmp_path):
+    from dpmed.report.plots import learning_curve
+    from dpmed.train.loop import EpochRecord
+
+    records = [
+        EpochRecord(e, {"train": None, "val": {"accuracy": 0.6}, "test": {"accuracy": 0.5}}, 1, 1)
+        for e in (1, 2)
+    ]
+    learning_curve(records, 2, tmp_path / "curve.png", "dp-sgd")
+    assert (tmp_path / "curve.png").stat().st_size > 1_000
