@@ -39,7 +39,9 @@ def test_table_run_writes_its_folder_with_the_guarantee_per_record(tmp_path, tec
     model_file = pickle.loads((out / "model.pkl").read_bytes())
     assert model_file.predict_proba([[0.5] * 30]).shape == (1, 2)
     if technique == "none":
-        assert summary["test"]["accuracy"] > 0.9  # non-private logistic regression
+        # non-private logistic regression; the bounds from outside the data leave the features
+        # in a small part of [0, 1], where its default regularisation costs accuracy, not ranking
+        assert summary["test"]["roc_auc"] > 0.9 and summary["test"]["accuracy"] > 0.8
 
 
 def test_dp_sgd_mlp_on_a_table_spends_at_most_its_target_and_learns(tmp_path):

@@ -22,6 +22,20 @@ def test_breast_cancer_is_scaled_split_and_labelled_malignant_positive():
         assert split.features.min() >= 0 and split.features.max() <= 1
 
 
+def test_breast_cancer_bounds_come_from_the_definitions_and_clip_nothing():
+    from sklearn.datasets import load_breast_cancer
+
+    features = load_table("breast-cancer").features
+    bounds = {f.name: (f.lower, f.upper) for f in features}
+    assert bounds["mean texture"] == (0, 127.5)  # sd of 8-bit grey values
+    assert bounds["worst fractal dimension"] == (0, 1)  # a plane curve: dimension 1 to 2
+    assert bounds["mean area"] == (0, 640 * 480)  # the video frame
+    values = load_breast_cancer().data
+    lower, upper = np.array(list(bounds.values())).T
+    assert ((values >= lower) & (values <= upper)).all()
+    assert (upper > 1.5 * values.max(axis=0)).all()  # not the data's maxima rounded up
+
+
 def test_split_depends_on_seed_and_is_stratified():
     a, b = load_table("breast-cancer", seed=0), load_table("breast-cancer", seed=1)
     assert not np.array_equal(a.splits["test"].features, b.splits["test"].features)

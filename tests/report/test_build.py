@@ -84,7 +84,7 @@ def test_table_runs_are_reported_per_record_and_a_void_guarantee_says_so(tmp_pat
     assert sorted(r["epsilon_per_record"] for r in rows) == ["", "1.0", "4.0"]
     privacy = {"epsilon": 2.0, "epsilon_per_record": 2.0, "guarantee_holds": False}
     assert epsilon_text(privacy, "record") == "2 (does not hold: bounds read from the data)"
-    assert summary_table([])[0][-1] == "train accuracy (%)"
+    assert "train accuracy (%)" not in summary_table([])[0]  # no run has train metrics
 
 
 def _candidate(lr, seed, val, test, val_loss=0.5):
@@ -142,3 +142,169 @@ def test_report_tune_on_a_real_sweep(tmp_path, tiny_sweep, capsys):
     assert cli.main(["report", str(out), "--tune", "noise_scale"]) == 0
     md = (out / "report.md").read_text()
     assert "## Tuned on validation: noise_scale" in md and "| all runs | 2 | 2 |" in md
+
+
+def test_strength_in_plain_words():
+    from dpmed.report.guarantees import strength
+
+    assert [strength(e) for e in (0.1, 1.0, 1.01, 10.0, 10.01, 4096.0)] == [
+        "strong",
+        "strong",
+        "moderate",
+        "moderate",
+        "no meaningful protection",
+        "no meaningful protection",
+    ]
+    assert strength(None) == "none (no noise)"
+    assert strength(0.5, holds=False) == "does not hold"
+
+
+METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity", "loss")
+LAPLACE = [
+    "pixel values are scaled to [0, 1] before the noise (each pixel moves by at most 1)",
+    "labels and patient ids are released without noise and are not protected",
+    "the dataset has no patient ids: every image counts as its own patient (k = 1)",
+]
+DP_SGD = [
+    "batches are Poisson samples of the training set, as the accountant assumes",
+    "balanced loss: the training set's class counts, which set the loss weights, are "
+    "treated as public (e.g. a published prevalence)",
+    "the dataset has no patient ids: every image counts as its own patient (k = 1)",
+]
+
+
+def _fake_run(technique, seed, privacy, train=True):
+    """A finished run as the store holds it: config, summary, one row per epoch."""
+    metrics = dict.fromkeys(METRICS, 0.75)
+    summary = {
+        "best_epoch": 1,
+        "train": dict(metrics) if train else None,
+        "val": dict(metrics),
+        "test": dict(metrics),
+        "privacy": privacy,
+        "timing": {"total_seconds": 1.0, "train_images_per_second": 100.0},
+    }
+    epochs = [
+        {
+            "epoch": epoch,
+            "metrics": {
+                split: dict.fromkeys(METRICS, 0.7 if split != "train" or train else None)
+                for split in ("train", "val", "test")
+            },
+        }
+        for epoch in (1, 2)
+    ]
+    config = {"dataset": "pneumoniamnist", "technique": technique, "seed": seed}
+    return config, summary, epochs
+
+
+def _fake_database(out, runs):
+    from types import SimpleNamespace
+
+    from dpmed.bench.store import ResultsStore
+
+    out.mkdir()
+    store = ResultsStore(out / "results.db")
+    for i, (config, summary, epochs) in enumerate(runs):
+        name = f"{config['technique']},seed={config['seed']}"
+        planned = SimpleNamespace(
+            id=str(i), name=name, config=SimpleNamespace(to_dict=lambda c=config: c)
+        )
+        store.plan([planned])
+        store.finish(str(i), summary, epochs)
+    store.close()
+
+
+def test_report_states_every_guarantee_honestly(tmp_path):
+    from dpmed.report.build import build_report
+    from dpmed.report.tables import NO_TRAIN_METRICS
+
+    os_entropy = {"noise_source": "operating-system entropy", "key_id": None}
+    laplace = {
+        "mechanism": "laplace",
+        "unit": "image",
+        "epsilon": 784.0,
+        "delta": 0.0,
+        "epsilon_per_pixel": 1.0,
+        "epsilon_per_image": 784.0,
+        "epsilon_per_patient": None,  # no patient ids: unknown, never the image's 784
+        "adjacency": "replace-one",
+        "assumptions": LAPLACE,
+        "perturbed_splits": ["train", "val"],
+        **os_entropy,
+    }
+    dp_sgd = {
+        "mechanism": "dp-sgd",
+        "unit": "image",
+        "epsilon": 1.9,
+        "delta": 2e-4,
+        "epsilon_per_pixel": None,
+        "epsilon_per_image": 1.9,
+        "epsilon_per_patient": None,
+        "adjacency": "replace-one",
+        "assumptions": DP_SGD,
+        "noise_source": "secret noise key",
+        "key_id": "abc123",
+        "noise_reproducible": "by whoever holds the noise key (never written to any output)",
+    }
+    none = {"mechanism": "none", "unit": "image", "epsilon": None, "delta": 0.0}
+    none |= {"epsilon_per_pixel": None, "epsilon_per_image": None, "epsilon_per_patient": None}
+    out = tmp_path / "out"
+    _fake_database(
+        out,
+        [
+            _fake_run("laplace", 0, laplace),
+            _fake_run("laplace", 1, laplace),
+            _fake_run("dp-sgd", 0, dp_sgd, train=False),
+            _fake_run("none", 0, none),
+        ],
+    )
+    build_report(out)
+    md = (out / "report.md").read_text()
+    results, section = md.split("## Privacy guarantee")
+    header = next(line for line in results.splitlines() if line.startswith("| setting"))
+    assert "epsilon per patient" in header and "delta" in header and "adjacency" in header
+    rows = {line.split(" | ")[0]: line for line in results.splitlines() if "=" in line}
+    assert "| unknown | 784 | 1 | 0 | replace-one |" in rows["| technique=laplace"]
+    assert "784 | 784" not in md  # the image's epsilon never stands in for the patient's
+    assert "not computed (DP training)" in rows["| technique=dp-sgd"]
+    assert "| 0.0002 | replace-one |" in rows["| technique=dp-sgd"]
+    assert "75.00 ± 0.00" in rows["| technique=laplace"]  # input noise keeps train metrics
+    assert NO_TRAIN_METRICS in results
+    assert "784 (no meaningful protection)" in section and "1.9 (moderate)" in section
+    assert "1 (strong)" in section and "none (no noise)" in section
+    assert "secret noise key (id abc123)" in section
+    items = [line.split(". ", 1)[1] for line in section.splitlines() if line[:1].isdigit()]
+    assert len(items) == len(set(items))  # each assumption stated once for both seeds
+    assert set(LAPLACE + DP_SGD) <= set(items)
+    assert "the test images are not protected" in section  # laplace released train and val
+    assert "the validation and test images are not protected" in section  # dp-sgd: train only
+    assert any(i.startswith("the noise key (id abc123) stays secret") for i in items)
+    csv_rows = {r["technique"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert csv_rows["dp-sgd"]["train_accuracy"] == "" and csv_rows["dp-sgd"]["adjacency"]
+    assert "<ol><li>" in (out / "report.html").read_text()
+
+
+def test_a_table_guarantee_that_does_not_hold_says_so_beside_its_epsilon():
+    from dpmed.report.guarantees import assumptions, epsilon_strength
+
+    privacy = {"unit": "record", "epsilon": 0.5, "epsilon_per_record": 0.5}
+    run = {"config": {"technique": "diffprivlib"}, "summary": {"privacy": privacy}}
+    assert epsilon_strength(privacy, "record") == "0.5 (strong)"
+    assert not any("bounds" in a for a in assumptions(run))
+    privacy["guarantee_holds"] = False
+    assert epsilon_strength(privacy, "record") == "0.5 (does not hold)"
+    assert "the guarantee does not hold" in assumptions(run)[0]
+    assert "validation and test records are not protected" in assumptions(run)[1]
+
+
+def test_a_run_learning_curve_leaves_out_train_without_metrics(tmp_path):
+    from dpmed.report.plots import learning_curve
+    from dpmed.train.loop import EpochRecord
+
+    records = [
+        EpochRecord(e, {"train": None, "val": {"accuracy": 0.6}, "test": {"accuracy": 0.5}}, 1, 1)
+        for e in (1, 2)
+    ]
+    learning_curve(records, 2, tmp_path / "curve.png", "dp-sgd")
+    assert (tmp_path / "curve.png").stat().st_size > 1_000

@@ -13,11 +13,11 @@ from typing import Any
 from dpmed.bench.driver import DB_NAME
 from dpmed.bench.store import ResultsStore
 from dpmed.errors import ConfigError
-from dpmed.report import plots, tables
+from dpmed.report import guarantees, plots, tables
 from dpmed.train.metrics import METRICS
 
 # A report is a list of blocks: ("h1" | "h2" | "p", text), ("table", rows),
-# ("figure", path relative to the output folder, caption).
+# ("list", numbered items), ("figure", path relative to the output folder, caption).
 Block = tuple
 
 
@@ -68,20 +68,24 @@ def _blocks(runs, curves, counts, figures: Path) -> list[Block]:
                 "Its b = 1 is epsilon = 1 per pixel but d per image of d pixels.",
             ),
         ]
+    no_train = tables.lacks_train_metrics(runs)
     blocks += [("h2", "Results by setting"), ("table", tables.summary_table(groups))]
+    blocks += [("p", tables.NO_TRAIN_METRICS)] * no_train
+    blocks += _guarantee_blocks(groups)
 
     mean_curves = {g.label: _mean_curve([curves[r["id"]] for r in g.runs]) for g in groups}
     plots.learning_curves(
         mean_curves, figures / "learning_curves.png", "accuracy per epoch (mean over seeds)"
     )
+    caption = "Learning curves: train (solid) and test (dashed) accuracy per epoch."
     blocks.append(
         (
             "figure",
             "figures/learning_curves.png",
-            "Learning curves: train (solid) and test (dashed) accuracy per epoch.",
+            caption + (" DP-trained settings have no train curve." if no_train else ""),
         )
     )
-    units = tables.reported_units(runs)
+    units = [u for u in tables.reported_units(runs) if u != "patient"]  # patient: k x image
     plots.frontier(_frontier_lines(groups, runs, units), units, figures / "frontier.png")
     blocks.append(
         (
@@ -91,6 +95,22 @@ def _blocks(runs, curves, counts, figures: Path) -> list[Block]:
         )
     )
     blocks += [("h2", "Wall time and throughput"), ("table", tables.timing_table(runs))]
+    return blocks
+
+
+def _guarantee_blocks(groups: list[tables.Group]) -> list[Block]:
+    rows, assumptions = guarantees.guarantee_section(groups)
+    blocks: list[Block] = [
+        ("h2", "Privacy guarantee"),
+        (
+            "p",
+            "Per setting: the unit one guarantee protects, epsilon per unit with its strength, "
+            "and the assumptions (numbered below) it rests on. " + guarantees.STRENGTH_NOTE,
+        ),
+        ("table", rows),
+    ]
+    if assumptions:
+        blocks += [("p", "Assumptions:"), ("list", assumptions)]
     return blocks
 
 
@@ -113,14 +133,17 @@ def _tuned_blocks(tuned: list[tables.Tuned], tune: list[str]) -> list[Block]:
 
 
 def _accuracy_by_epoch(rows) -> dict[str, list[float]]:
+    """Train and test accuracy (%) per epoch; a split without values (DP training computes
+    no train metrics) has an empty curve."""
     curve: dict[str, list[float]] = {"train": [], "test": []}
     for _, split, metric, value in rows:
-        if metric == "accuracy" and split in curve:
+        if metric == "accuracy" and split in curve and value is not None:
             curve[split].append(100 * value)
     return curve
 
 
 def _mean_curve(curves: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """The mean over seeds, epoch by epoch (empty if some seed has no curve)."""
     return {
         split: [statistics.fmean(v) for v in zip(*(c[split] for c in curves), strict=False)]
         for split in ("train", "test")
@@ -153,7 +176,11 @@ def _write_csv(runs: list[dict[str, Any]], path: Path) -> Path:
         "epsilon",
         "delta",
         *(f"epsilon_per_{u}" for u in tables.EPSILON_UNITS),
+        "delta_per_patient",
+        "adjacency",
         "guarantee_holds",
+        "noise_source",
+        "key_id",
     ]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -177,7 +204,11 @@ def _write_csv(runs: list[dict[str, Any]], path: Path) -> Path:
                     r["name"],
                     *[r["config"][k] for k in config_keys],
                     s["best_epoch"],
-                    *[s[split][m] for split in ("train", "val", "test") for m in METRICS],
+                    *[
+                        (s.get(split) or {}).get(m)  # DP training: no train metrics
+                        for split in ("train", "val", "test")
+                        for m in METRICS
+                    ],
                     *[s["privacy"].get(k) for k in privacy_keys],
                     s["timing"]["total_seconds"],
                     s["timing"]["train_images_per_second"],
@@ -197,6 +228,8 @@ def _markdown(blocks: list[Block]) -> str:
             parts.append(f"{content[0]}\n")
         elif kind == "table":
             parts.append(tables.markdown(content[0]))
+        elif kind == "list":
+            parts.append("".join(f"{i}. {item}\n" for i, item in enumerate(content[0], 1)))
         else:
             parts.append(f"![{content[1]}]({content[0]})\n\n*{content[1]}*\n")
     return "\n".join(parts)
@@ -217,6 +250,10 @@ def _html(blocks: list[Block], out: Path) -> str:
                     for row in rows
                 )
                 + "</table>"
+            )
+        elif kind == "list":
+            body.append(
+                "<ol>" + "".join(f"<li>{html.escape(item)}</li>" for item in content[0]) + "</ol>"
             )
         else:
             data = base64.b64encode((out / content[0]).read_bytes()).decode()

@@ -14,15 +14,17 @@ from dpmed.train.loop import EpochRecord  # noqa: E402
 
 
 def learning_curve(records: list[EpochRecord], best: int, path: Path, title: str) -> None:
-    """Train / validation / test accuracy per epoch, the chosen epoch marked."""
+    """Train / validation / test accuracy per epoch, the chosen epoch marked; a split
+    without accuracies (DP training computes no train metrics) is left out."""
     epochs = [r.epoch for r in records]
     fig, ax = plt.subplots(figsize=(6, 4))
     for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
-        if split not in records[0].metrics:  # no train metrics under DP training
+        values = [(r.metrics.get(split) or {}).get("accuracy") for r in records]
+        if None in values:
             continue
         ax.plot(
             epochs,
-            [100 * r.metrics[split]["accuracy"] for r in records],
+            [100 * v for v in values],
             style,
             marker="o",
             markersize=3,
@@ -40,12 +42,15 @@ def learning_curve(records: list[EpochRecord], best: int, path: Path, title: str
 
 def learning_curves(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> None:
     """The paper's Figure 1: train (solid) and test (dashed) accuracy per epoch, one colour
-    per setting. `curves` maps a setting to {"train": [...], "test": [...]} (% per epoch)."""
+    per setting. `curves` maps a setting to {"train": [...], "test": [...]} (% per epoch);
+    an empty list (DP training: no train metrics) draws no line."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, splits) in enumerate(curves.items()):
         colour = f"C{i}"
         for split, style in (("train", "-"), ("test", "--")):
             values = splits[split]
+            if not values:
+                continue
             ax.plot(
                 range(1, len(values) + 1),
                 values,

@@ -15,7 +15,12 @@ PAPER_TABLE1 = {
     "train": {0: 99.98, 1: 77.11, 2: 65.08, 4: 58.03},
 }
 NOT_COMPARED = {"seed", "data_root"}  # repeats and locations, not settings
-EPSILON_UNITS = ("record", "image", "pixel")  # the units a report shows epsilon per
+EPSILON_UNITS = ("record", "patient", "image", "pixel")  # the units a report shows epsilon per
+DP_TRAINING = ("dp-sgd", "diffprivlib")  # techniques whose guarantee comes from training
+NO_TRAIN_METRICS = (
+    "Training metrics of DP-trained models are not computed from the private training "
+    "images: they would be published without a guarantee."
+)
 
 
 @dataclass(frozen=True)
@@ -27,14 +32,21 @@ class Group:
     runs: list[dict[str, Any]]  # each {"id", "name", "config", "summary"}
 
     def values(self, *path: str) -> list[float]:
+        """The value at `path` of each run's summary that has one (DP-trained runs have no
+        train metrics: their `train` is None or absent)."""
         found = []
         for run in self.runs:
             value: Any = run["summary"]
             for key in path:
-                value = value[key]
+                value = value.get(key) if isinstance(value, dict) else None
             if value is not None:
                 found.append(value)
         return found
+
+    @property
+    def privacy(self) -> dict[str, Any]:
+        """The guarantee of the group's first run (seeds share their settings)."""
+        return self.runs[0]["summary"]["privacy"]
 
     def mean_sd(self, *path: str, scale: float = 1.0, digits: int = 2) -> str:
         values = [scale * v for v in self.values(*path)]
@@ -129,6 +141,8 @@ def _spent_order(privacy: dict[str, Any]) -> tuple[float, ...]:
 
 def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
     units = stated_units([t.privacy for t in tuned])
+    privacy = [_with_adjacency(t.privacy, t.group.privacy) for t in tuned]
+    extra = privacy_columns(privacy)
     rows = [
         [
             "setting",
@@ -140,9 +154,10 @@ def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
             "sensitivity",
             "specificity",
             *(f"epsilon per {u}, tuning included" for u in units),
+            *extra,
         ]
     ]
-    for t in tuned:
+    for t, p in zip(tuned, privacy, strict=True):
         g = t.group
         rows.append(
             [
@@ -155,9 +170,35 @@ def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
                 g.mean_sd("test", "sensitivity", digits=3),
                 g.mean_sd("test", "specificity", digits=3),
                 *(epsilon_text(t.privacy, u) for u in units),
+                *privacy_cells(p, extra),
             ]
         )
     return rows
+
+
+def _with_adjacency(tuned: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """A tuned guarantee keeps its candidates' adjacency (tuning does not change it)."""
+    return tuned | ({"adjacency": run["adjacency"]} if run.get("adjacency") else {})
+
+
+def privacy_columns(privacies: list[dict[str, Any]]) -> list[str]:
+    """The headers of the delta and adjacency columns these guarantees need: delta where
+    some delta is nonzero, adjacency where some guarantee states one."""
+    return [
+        *(["delta"] * any(p.get("delta") for p in privacies)),
+        *(["adjacency"] * any(p.get("adjacency") for p in privacies)),
+    ]
+
+
+def privacy_cells(privacy: dict[str, Any], columns: list[str]) -> list[str]:
+    """The cells of `privacy_columns` for one guarantee ("" where it states nothing)."""
+    cells = {"delta": delta_text(privacy.get("delta")), "adjacency": privacy.get("adjacency")}
+    return [cells[c] or "" for c in columns]
+
+
+def delta_text(delta: float | None) -> str:
+    """Delta as a table shows it ("" when not stated)."""
+    return "" if delta is None else f"{delta:.3g}"
 
 
 def reported_units(runs: list[dict[str, Any]]) -> list[str]:
@@ -171,7 +212,11 @@ def stated_units(privacies: list[dict[str, Any]]) -> list[str]:
 
 
 def summary_table(groups: list[Group]) -> list[list[str]]:
+    """Mean ± sd per setting, its epsilon per unit, delta and adjacency where they say
+    something; train accuracy where some setting has it (DP training computes none)."""
     units = reported_units([r for g in groups for r in g.runs])
+    extra = privacy_columns([g.privacy for g in groups])
+    train = any(g.values("train", "accuracy") for g in groups)
     rows = [
         [
             "setting",
@@ -180,12 +225,12 @@ def summary_table(groups: list[Group]) -> list[list[str]]:
             "test ROC-AUC",
             "sensitivity",
             "specificity",
-            "train accuracy (%)",
+            *(["train accuracy (%)"] * train),
             *(f"epsilon per {u}" for u in units),
+            *extra,
         ]
     ]
     for g in groups:
-        privacy = g.runs[0]["summary"]["privacy"]
         rows.append(
             [
                 g.label,
@@ -194,11 +239,28 @@ def summary_table(groups: list[Group]) -> list[list[str]]:
                 g.mean_sd("test", "roc_auc", digits=3),
                 g.mean_sd("test", "sensitivity", digits=3),
                 g.mean_sd("test", "specificity", digits=3),
-                g.mean_sd("train", "accuracy", scale=100),
-                *(epsilon_text(privacy, u) for u in units),
+                *([train_text(g)] * train),
+                *(epsilon_text(g.privacy, u) for u in units),
+                *privacy_cells(g.privacy, extra),
             ]
         )
     return rows
+
+
+def train_text(group: Group) -> str:
+    """Train accuracy, or why a DP-trained setting has none."""
+    if not group.values("train", "accuracy") and is_dp_trained(group.runs[0]):
+        return "not computed (DP training)"
+    return group.mean_sd("train", "accuracy", scale=100)
+
+
+def is_dp_trained(run: dict[str, Any]) -> bool:
+    return run["config"].get("technique") in DP_TRAINING
+
+
+def lacks_train_metrics(runs: list[dict[str, Any]]) -> bool:
+    """Some DP-trained run has no train metrics (the report then says why)."""
+    return any(is_dp_trained(r) and not (r["summary"].get("train") or {}) for r in runs)
 
 
 def is_paper_grid(runs: list[dict[str, Any]]) -> bool:
@@ -228,11 +290,12 @@ def paper_table(groups: list[Group]) -> list[list[str]]:
                 for g, b in zip(by_scale, scales, strict=True)
             ]
         )
-    for unit in ("pixel", "image"):
-        rows.append(
-            [f"epsilon per {unit}"]
-            + [epsilon_text(g.runs[0]["summary"]["privacy"], unit) for g in by_scale]
-        )
+    privacies = [g.privacy for g in by_scale]
+    stated = stated_units(privacies)
+    for unit in ("pixel", "image", *(["patient"] * ("patient" in stated))):
+        rows.append([f"epsilon per {unit}"] + [epsilon_text(p, unit) for p in privacies])
+    for column in privacy_columns(privacies):
+        rows.append([column] + [privacy_cells(p, [column])[0] for p in privacies])
     return rows
 
 
@@ -252,11 +315,14 @@ def timing_table(runs: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def epsilon_text(privacy: dict[str, Any], unit: str) -> str:
-    """Epsilon per `unit`: "inf" when no noise at all, "n/a" when the technique does not
+    """Epsilon per `unit`: "inf" when no noise at all, "unknown" per patient when patients
+    cannot be told apart (never the image's epsilon), "n/a" when the technique does not
     report that unit (DP-SGD protects images; it states nothing per pixel)."""
     value = privacy.get(f"epsilon_per_{unit}")
     if value is None:
-        return "inf (no noise)" if privacy.get("epsilon") is None else "n/a"
+        if privacy.get("epsilon") is None:
+            return "inf (no noise)"
+        return "unknown" if unit == "patient" else "n/a"
     void = " (does not hold: bounds read from the data)"
     return f"{value:,.6g}" + (void if privacy.get("guarantee_holds") is False else "")
 
