@@ -43,7 +43,7 @@ def images_per_second(model_name: str, data: dict, batch: int, mode: str | None)
         max_grad_norm=1.0,
         sample_rate=batch / n,
         delta=1e-5,
-        accountant_name="rdp",
+        accountant_name="pld",
         physical_batch_size=batch * 4,
         grad_sample_mode=mode,
     )

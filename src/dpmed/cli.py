@@ -35,7 +35,8 @@ FLAG_HELP = {
     "1/N^1.1; laplace and dppix take 0",
     "noise_multiplier": "dp-sgd: noise std / clipping norm (instead of --target-epsilon)",
     "max_grad_norm": "dp-sgd: per-image gradient clipping norm (default 1.0)",
-    "accountant": "dp-sgd: privacy accountant, prv or rdp (default prv)",
+    "accountant": "dp-sgd: privacy accountant: pld (the only one: dp-accounting's privacy loss "
+    "distribution under replace-one adjacency, like every dpmed guarantee)",
     "physical_batch_size": "dp-sgd: images per forward pass (each with its "
     "--augment-multiplicity copies: K times the rows in memory); the logical batch is "
     "--batch-size",

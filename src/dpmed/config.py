@@ -32,7 +32,9 @@ IMAGE_MODELS = ("resnet18", "resnet18-gn", "small-cnn", *SCATTERNETS)
 MODELS = (*IMAGE_MODELS, *TABLE_MODELS)
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
-ACCOUNTANTS = ("prv", "rdp")  # DP-SGD's privacy accountants (Opacus)
+# DP-SGD's accountant: dp-accounting's PLD under replace-one (Opacus's prv and rdp bound
+# add/remove adjacency and are refused; dpmed.privacy.dpsgd_accounting)
+ACCOUNTANTS = ("pld",)
 # How DP-SGD gets per-image gradient norms (Opacus): auto picks per model, from the table below.
 GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost")
 # Per model, the fastest grad_sample_mode on CPU as measured by benchmarks/dpsgd_speed.py
@@ -60,7 +62,7 @@ class RunConfig:
     delta: float = 0.0
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
-    accountant: str = "prv"
+    accountant: str = "pld"
     physical_batch_size: int | None = None
     grad_sample_mode: str = "auto"
     clipping: str = "flat"
@@ -306,6 +308,11 @@ class RunConfig:
 
     def _check_dpsgd(self) -> None:
         """DP-SGD settings: a target epsilon per image or a noise multiplier, not both."""
+        if self.accountant in ("prv", "rdp"):
+            raise ConfigError(
+                f"accountant {self.accountant} bounds add/remove adjacency; dpmed states every "
+                "guarantee under replace-one: use accountant pld (the default)"
+            )
         _choice("accountant", self.accountant, ACCOUNTANTS)
         _choice("grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
         if (self.target_epsilon is None) == (self.noise_multiplier is None):

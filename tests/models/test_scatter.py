@@ -73,7 +73,7 @@ def _dp_fit(tmp_path, model, *, epochs, sigma=0.5):
         max_grad_norm=1.0,
         sample_rate=32 / 256,
         delta=1e-5,
-        accountant_name="rdp",
+        accountant_name="pld",
         physical_batch_size=1000,
     )
     settings = TrainSettings(epochs=epochs, batch_size=32, lr=0.5, optimizer="sgd", seed=0)
@@ -123,7 +123,7 @@ def test_opacus_gives_the_cnn_head_per_image_gradients(grad_sample_mode):
         max_grad_norm=1e6,  # no clipping: the step is the plain mean gradient
         sample_rate=0.5,
         delta=1e-5,
-        accountant_name="rdp",
+        accountant_name="pld",
         physical_batch_size=4,
         grad_sample_mode=grad_sample_mode,
     )
@@ -163,7 +163,7 @@ def test_dp_sgd_on_real_pneumoniamnist_beats_chance(name, real_data, tmp_path):
     well above always-pneumonia (62.5%). A fixed noise multiplier skips the calibration."""
     out = tmp_path / "scatter"
     args = ["run", "--dataset", "pneumoniamnist", "--model", name, "--epochs", "3"]
-    args += ["--technique", "dp-sgd", "--noise-multiplier", "1", "--accountant", "rdp"]
+    args += ["--technique", "dp-sgd", "--noise-multiplier", "1", "--accountant", "pld"]
     args += ["--batch-size", "128", "--optimizer", "sgd", "--lr", "0.5", "--balanced-loss", "true"]
     args += ["--max-images", "1000", "--quiet", "--data-root", str(real_data), "--out", str(out)]
     assert cli.main(args) == 0

@@ -1,5 +1,7 @@
 import copy
 import dataclasses
+import functools
+import math
 
 import dp_accounting
 import numpy as np
@@ -7,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from opacus.optimizers import DPOptimizer
+from scipy.optimize import brentq
+from scipy.stats import norm
 from torch import nn
 from torchvision.models import resnet18
 
@@ -23,37 +27,83 @@ from dpmed.privacy.dpsgd import (
 from dpmed.train.loop import TrainSettings, _average_copies, _losses, fit, random_affine
 
 
-def _independent_epsilon(sigma: float, q: float, steps: int, delta: float) -> dict[str, float]:
-    """Google's dp-accounting, RDP and PLD, for the Poisson-subsampled Gaussian."""
-    event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
-    )
-    rdp = dp_accounting.rdp.RdpAccountant()
-    pld = dp_accounting.pld.PLDAccountant()
-    rdp.compose(event)
-    pld.compose(event)
-    return {"rdp": rdp.get_epsilon(delta), "prv": pld.get_epsilon(delta)}
+def _google_epsilon(sigma: float, q: float, steps: int, delta: float, relation) -> float:
+    """Google's dp-accounting PLD (its default, finer grid) for the Poisson-subsampled
+    Gaussian under `relation`."""
+    pld = dp_accounting.pld.PLDAccountant(relation)
+    pld.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    return pld.get_epsilon(delta)
 
 
-@pytest.mark.parametrize("accountant", ["rdp", "prv"])
-@pytest.mark.parametrize(("sigma", "q", "steps"), [(1.0, 0.01, 1000), (0.8, 0.05, 300)])
-def test_epsilon_matches_google_dp_accounting(accountant, sigma, q, steps):
-    ours = epsilon_after(
-        noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant=accountant
+REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
+ADD_REMOVE = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+def _hockey_stick(epsilon: float, *, sigma: float, q: float, a: float, b: float) -> float:
+    """delta(epsilon) of one Poisson-sampled Gaussian step when one record's clipped
+    gradient (in units of C, along one direction) a is replaced by b: the larger of
+    int max(0, p - e^eps p') and its mirror, p = (1-q) N(0, s^2) + q N(a, s^2),
+    p' = (1-q) N(0, s^2) + q N(b, s^2), on a fine grid (step s / 2,000)."""
+    x = np.linspace(-40 * sigma - 2, 40 * sigma + 2, 160_001)
+    p, p_other = ((1 - q) * norm.pdf(x, scale=sigma) + q * norm.pdf(x, m, sigma) for m in (a, b))
+    return max(
+        np.trapezoid(np.maximum(0.0, first - math.exp(epsilon) * second), x)
+        for first, second in ((p, p_other), (p_other, p))
     )
-    reference = _independent_epsilon(sigma, q, steps, 1e-5)[accountant]
-    assert ours == pytest.approx(reference, rel=0.05)
+
+
+@pytest.mark.parametrize(("sigma", "q"), [(0.8, 0.5), (1.5, 0.1), (3.0, 1.0)])
+def test_one_step_epsilon_is_the_replace_one_hockey_stick_divergence(sigma, q):
+    """One step: our epsilon at delta against an independent numeric evaluation of the two
+    Gaussian mixtures, gradient e replaced by -e (the worst pair: e by 0, which is
+    add/remove, or by -e/2 gives a smaller delta)."""
+    delta = 1e-5
+    ours = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=1, delta=delta)
+    worst = functools.partial(_hockey_stick, sigma=sigma, q=q, a=1.0, b=-1.0)
+    exact = brentq(lambda eps: worst(eps) - delta, 1e-6, 50, xtol=1e-10)
+    assert exact <= ours <= 1.01 * exact  # an upper bound (pessimistic grid), and tight
+    for b in (0.0, -0.5):
+        assert _hockey_stick(ours, sigma=sigma, q=q, a=1.0, b=b) < worst(ours)
+
+
+@pytest.mark.parametrize(
+    ("sigma", "q", "steps"), [(1.0, 0.01, 1000), (0.8, 0.05, 300), (3.97, 256 / 4708, 95)]
+)
+def test_replace_one_lies_between_add_remove_and_its_group_privacy_conversion(sigma, q, steps):
+    """Many steps: at least the add/remove epsilon (removing a record is one way to replace
+    it), at most replace = remove + add: (2 eps, (1 + e^eps) delta) of add/remove."""
+    delta = 1e-5
+    ours = epsilon_after(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
+    add_remove = _google_epsilon(sigma, q, steps, delta, ADD_REMOVE)
+    assert ours > 1.1 * add_remove
+    assert ours == pytest.approx(_google_epsilon(sigma, q, steps, delta, REPLACE_ONE), rel=0.01)
+    half = _google_epsilon(sigma, q, steps, delta / 3, ADD_REMOVE)  # delta' for the conversion
+    converted_delta = (1 + math.exp(half)) * delta / 3
+    at_converted = epsilon_after(
+        noise_multiplier=sigma, sample_rate=q, steps=steps, delta=converted_delta
+    )
+    assert at_converted <= 2 * half
 
 
 @pytest.mark.parametrize("target", [0.5, 2.0, 8.0])
-def test_calibrated_noise_never_exceeds_the_target(target):
-    sigma = calibrate_noise(
-        target_epsilon=target, delta=1e-5, sample_rate=0.02, steps=500, accountant="prv"
-    )
-    spent = epsilon_after(
-        noise_multiplier=sigma, sample_rate=0.02, steps=500, delta=1e-5, accountant="prv"
-    )
+def test_calibrated_noise_never_exceeds_the_target_under_replace_one(target):
+    sigma = calibrate_noise(target_epsilon=target, delta=1e-5, sample_rate=0.02, steps=500)
+    spent = epsilon_after(noise_multiplier=sigma, sample_rate=0.02, steps=500, delta=1e-5)
     assert 0.97 * target <= spent <= target
+    finer = _google_epsilon(sigma, 0.02, 500, 1e-5, REPLACE_ONE)  # also an upper bound
+    assert 0.97 * target <= finer <= target * (1 + 1e-3)
+
+
+def test_only_the_replace_one_accountant_is_accepted():
+    with pytest.raises(ConfigError, match="replace-one"):
+        DPSGD(
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            sample_rate=0.1,
+            delta=1e-5,
+            accountant_name="prv",
+            physical_batch_size=8,
+        )
 
 
 def test_batchnorm_is_refused_with_the_layer_named():
@@ -93,7 +143,7 @@ def _dp_fit(
         max_grad_norm=clip,
         sample_rate=batch / len(data["train"][1]),
         delta=1e-5,
-        accountant_name="rdp",
+        accountant_name="pld",
         physical_batch_size=physical,
         grad_sample_mode=mode,
     )
@@ -109,8 +159,8 @@ def _dp_fit(
 def test_a_dp_run_records_its_steps_and_its_epsilon(tmp_path):
     _, dp, _ = _dp_fit(tmp_path, sigma=1.0, epochs=2)
     assert dp.steps == 2 * 8  # 1/q logical batches per epoch
-    expected = _independent_epsilon(1.0, 32 / 256, dp.steps, 1e-5)["rdp"]
-    assert dp.epsilon() == pytest.approx(expected, rel=0.05)
+    expected = _google_epsilon(1.0, 32 / 256, dp.steps, 1e-5, REPLACE_ONE)
+    assert dp.epsilon() == pytest.approx(expected, rel=0.01)
 
 
 def test_physical_chunks_do_not_change_the_result(tmp_path, noise_key):
@@ -172,7 +222,7 @@ def _noiseless_step(model, mode, x, targets, *, clip, lr=0.7):
         max_grad_norm=clip,
         sample_rate=len(x) / 100,
         delta=1e-5,
-        accountant_name="rdp",
+        accountant_name="pld",
         physical_batch_size=len(x),
         grad_sample_mode=mode,
     )
@@ -231,7 +281,7 @@ def test_ghost_clipping_refuses_a_layer_it_took_no_norm_for():
 
 def test_ghost_clipping_refuses_the_adaptive_variants():
     settings = dict(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1, delta=1e-5)
-    settings |= dict(accountant_name="rdp", physical_batch_size=8, grad_sample_mode="ghost")
+    settings |= dict(accountant_name="pld", physical_batch_size=8, grad_sample_mode="ghost")
     with pytest.raises(ValueError, match="per-image gradients"):
         DPSGD(**settings, clipping="adaptive")
     with pytest.raises(ValueError, match="per-image gradients"):
@@ -273,7 +323,7 @@ def test_a_balanced_loss_is_named_in_the_dp_sgd_guarantee():
         max_grad_norm=1.0,
         sample_rate=0.1,
         delta=1e-5,
-        accountant_name="rdp",
+        accountant_name="pld",
         physical_batch_size=8,
     )
     assert BALANCED_LOSS in dpsgd_guarantee(dp, balanced_loss=True).assumptions
@@ -307,7 +357,7 @@ def test_augmentation_multiplicity_clips_each_image_once(tmp_path):
         max_grad_norm=clip,
         sample_rate=images / n_train,
         delta=1e-5,
-        accountant_name="rdp",
+        accountant_name="pld",
         physical_batch_size=images,
     )
     private, optimizer = dp.wrap(net, torch.optim.SGD(net.parameters(), lr=1.0), n_train)

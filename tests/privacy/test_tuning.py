@@ -8,12 +8,11 @@ SIGMA, Q, STEPS, DELTA = 1.1, 0.05, 200, 1e-5
 
 
 def _dp_sgd(steps=STEPS, k=None):
-    epsilon = epsilon_after(
-        noise_multiplier=SIGMA, sample_rate=Q, steps=steps, delta=DELTA, accountant="prv"
-    )
+    epsilon = epsilon_after(noise_multiplier=SIGMA, sample_rate=Q, steps=steps, delta=DELTA)
     return {
         "mechanism": "dp-sgd",
         "unit": "image",
+        "adjacency": "replace-one",
         "epsilon": epsilon,
         "delta": DELTA,
         "epsilon_per_image": epsilon,
@@ -21,7 +20,7 @@ def _dp_sgd(steps=STEPS, k=None):
         "noise_multiplier": SIGMA,
         "sample_rate": Q,
         "steps": steps,
-        "accountant": "prv",
+        "accountant": "pld",
         "images_per_patient": k,
     }
 
@@ -38,17 +37,21 @@ def _laplace(release="abc", epsilon=784.0):
     }
 
 
-def test_dp_sgd_candidates_are_composed_as_google_dp_accounting_composes_them():
+def test_dp_sgd_candidates_are_composed_under_replace_one_as_google_dp_accounting_does():
     one = _dp_sgd()
     tuned = tuning_privacy([_dp_sgd(), _dp_sgd(), _dp_sgd()])
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(SIGMA)), 3 * STEPS
     )
-    pld = dp_accounting.pld.PLDAccountant()
-    pld.compose(event)
-    assert tuned["epsilon_per_image"] == pytest.approx(pld.get_epsilon(DELTA), rel=0.05)
+    replace_one = dp_accounting.pld.PLDAccountant(dp_accounting.NeighboringRelation.REPLACE_ONE)
+    add_remove = dp_accounting.pld.PLDAccountant()
+    replace_one.compose(event)
+    add_remove.compose(event)
+    assert tuned["epsilon_per_image"] == pytest.approx(replace_one.get_epsilon(DELTA), rel=0.01)
+    assert tuned["epsilon"] > 1.1 * add_remove.get_epsilon(DELTA)
     assert one["epsilon"] < tuned["epsilon"] < 3 * one["epsilon"]  # tighter than summing
     assert tuned["epsilon_per_pixel"] is None and "3 candidates" in tuned["accounting"]
+    assert tuned["adjacency"] == "replace-one" and "replace-one" in tuned["accounting"]
 
 
 def test_a_patients_images_are_covered_by_group_privacy_of_the_composed_epsilon():

@@ -60,6 +60,7 @@ class Accounting:
             "noise_std": self.noise_std,
             "target_epsilon": self.target_epsilon,
             "unit": self.headline.unit,
+            "adjacency": self.headline.adjacency,
             "epsilon": self.headline.epsilon,
             "delta": self.headline.delta,
             **{f"epsilon_per_{u}": self.epsilon(u) for u in ("pixel", "image", "patient")},

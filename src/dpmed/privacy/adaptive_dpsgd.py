@@ -10,7 +10,11 @@ sum, the step is one Gaussian mechanism with noise multiplier z where
 1 / z^2 = 1 / z_grad^2 + 1 / (2 s_b)^2 (their Theorem 1). The gradient noise is raised to
 z_grad so that the accountant is fed the requested z. (Opacus's `AdaClipDPOptimizer` uses
 this formula but counts b in {0, 1}, of sensitivity 1, and divides by the actual batch
-size, which is private under Poisson sampling: both are fixed here.)
+size, which is private under Poisson sampling: both are fixed here.) Under replace-one
+adjacency: scaled by 1 / (z_grad C) and 1 / s_b (so the noise is N(0, I)), one image's
+contribution, its clipped gradient and its b - 1/2, lies in a ball of radius 1/z around 0,
+so replacing it is the Poisson-sampled Gaussian that the replace-one accountant assumes
+for multiplier z (dpmed.privacy.dpsgd_accounting).
 
 `NoiseAllocation` (after Zhang et al. 2023, "Adaptive differential privacy mechanism based
 on entropy theory for preserving deep neural networks") clips each layer group g of the
@@ -18,7 +22,9 @@ per-image gradient to C_g = C / sqrt(G) and adds noise of std sigma_g * C_g to i
 Scaled by 1 / (sigma_g C_g) the noise is N(0, I) and one image moves the scaled sum by at
 most sqrt(sum_g 1 / sigma_g^2): one Gaussian mechanism with noise multiplier sigma_eff,
 1 / sigma_eff^2 = sum_g 1 / sigma_g^2. Shares a_g = sigma_eff^2 / sigma_g^2 sum to 1, so
-sigma_eff stays the calibrated multiplier whatever the shares. With `entropy` the shares
+sigma_eff stays the calibrated multiplier whatever the shares. The scaled contribution
+of one image lies in a ball of radius 1 / sigma_eff around 0, so replacing an image is the
+Poisson-sampled Gaussian the replace-one accountant assumes, too. With `entropy` the shares
 follow, once per epoch, the information each group's released noisy gradient carried
 about the true one, (d_g / 2) log(1 + signal / noise) (the entropy of the noisy gradient
 minus that of the noise), estimated from the released noisy sums alone: post-processing,
@@ -128,7 +134,9 @@ class AdaptiveClipping(AdaClipDPOptimizer):
         return (
             f"adaptive clipping: gradient noise multiplier {z_grad:.4g} and a count of "
             f"unclipped images (sensitivity 1/2) with noise std {self.unclipped_num_std:.4g} "
-            f"compose to {self.noise_multiplier:.4g} (Andrew et al. 2021, Theorem 1)"
+            f"compose to {self.noise_multiplier:.4g} (Andrew et al. 2021, Theorem 1; each "
+            "image's scaled contribution lies in a ball of radius 1/z around 0, as replace-one "
+            "accounting needs)"
         )
 
     def adapted(self) -> dict[str, Any]:
@@ -268,7 +276,9 @@ class NoiseAllocation(DPOptimizer):
     def accounting_note(self) -> str:
         return (
             f"{self.allocation} noise shares over {len(self.shares)} layers: per-layer "
-            f"multipliers sigma_g with sum 1/sigma_g^2 = 1/{self.noise_multiplier:.4g}^2"
+            f"multipliers sigma_g with sum 1/sigma_g^2 = 1/{self.noise_multiplier:.4g}^2 (each "
+            "image's scaled contribution lies in a ball of radius 1/sigma around 0, as "
+            "replace-one accounting needs)"
         )
 
     def adapted(self) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """DP-SGD (Abadi et al. 2016) through Opacus: Poisson-sampled batches, per-example
 gradients clipped to `max_grad_norm`, Gaussian noise of std `noise_multiplier *
-max_grad_norm` on their sum, and an accountant (PRV or RDP) over the steps taken.
+max_grad_norm` on their sum, and an accountant over the steps taken.
 
-The guarantee is (epsilon, delta)-DP per training *image* under add/remove adjacency:
-what the accountant reports for the noisy steps actually taken. Poisson sampling is what
-the accounting assumes, so batches are drawn that way (their size varies); a logical
-batch may be cut into physical chunks to fit memory without changing the guarantee.
-Augmentation multiplicity (K augmented copies per image, dpmed.train.loop) does not change
-it either: an image's K gradients are averaged before clipping, so each image still adds
-one vector of norm <= max_grad_norm to a noisy sum divided by the expected batch of images.
+The guarantee is (epsilon, delta)-DP per training *image* under replace-one adjacency:
+what the replace-one PLD accountant (dpmed.privacy.dpsgd_accounting) reports for the noisy
+steps actually taken; a target epsilon is calibrated with it and never exceeded. Poisson
+sampling is what the accounting assumes, so batches are drawn that way (their size
+varies); a logical batch may be cut into physical chunks to fit memory without changing
+the guarantee. Augmentation multiplicity (K augmented copies per image, dpmed.train.loop)
+does not change it either: an image's K gradients are averaged before clipping, so each
+image still adds one vector of norm <= max_grad_norm to a noisy sum divided by the
+expected batch of images.
 
 `grad_sample_mode` says how Opacus gets each example's gradient norm: from per-example
 gradients (hooks, functorch, ew), or by ghost clipping (Li et al. 2022; Opacus's fast
@@ -28,8 +30,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.module_utils import trainable_modules
@@ -46,13 +46,17 @@ from dpmed.privacy.adaptive_dpsgd import (
     gradient_noise_multiplier,
     layer_groups,
 )
+from dpmed.privacy.dpsgd_accounting import (
+    ACCOUNTANT,
+    ADJACENCY,
+    ReplaceOneAccountant,
+    calibrate_noise,
+    composed_epsilon,
+)
 from dpmed.privacy.guarantee import PrivacyGuarantee
 
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-# RDP's epsilon at the largest order Opacus tries: still an upper bound, maybe a loose one.
-# The PRV accountant hits it on every call (its domain is sized by RDP at a tiny delta).
-warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
 def default_delta(n_train: int) -> float:
@@ -64,37 +68,21 @@ def steps_for(epochs: int, sample_rate: float) -> int:
     return epochs * math.ceil(1 / sample_rate)
 
 
-def calibrate_noise(
-    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
-) -> float:
-    """The smallest noise multiplier (within 1%) whose epsilon after `steps` is at most
-    `target_epsilon`."""
-    return get_noise_multiplier(
-        target_epsilon=target_epsilon,
-        target_delta=delta,
-        sample_rate=sample_rate,
-        steps=steps,
-        accountant=accountant,
-        epsilon_tolerance=0.01 * target_epsilon,
-    )
-
-
 def epsilon_after(
-    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float
 ) -> float:
-    return composed_epsilon(
-        [(noise_multiplier, sample_rate, steps)], delta=delta, accountant=accountant
-    )
+    """Replace-one epsilon at `delta` of one training's steps."""
+    return composed_epsilon([(noise_multiplier, sample_rate, steps)], delta=delta)
 
 
-def composed_epsilon(
-    history: list[tuple[float, float, int]], *, delta: float, accountant: str
-) -> float:
-    """Epsilon at `delta` of the Poisson-subsampled Gaussian steps (noise multiplier,
-    sample rate, steps) of one or more trainings on the same data, composed."""
-    counter = create_accountant(mechanism=accountant)
-    counter.history = list(history)
-    return float(counter.get_epsilon(delta=delta))
+def check_accountant(name: str) -> None:
+    """Refuse an accountant other than the replace-one PLD (Opacus's prv and rdp bound
+    add/remove adjacency, which the other guarantees do not use)."""
+    if name != ACCOUNTANT:
+        raise ConfigError(
+            f"accountant {name!r} is not available: DP-SGD is accounted under replace-one "
+            f"adjacency, like every dpmed guarantee; use accountant {ACCOUNTANT!r}"
+        )
 
 
 def check_trainable(model: nn.Module) -> None:
@@ -115,7 +103,7 @@ class DPSGD:
     max_grad_norm: float
     sample_rate: float
     delta: float
-    accountant_name: str
+    accountant_name: str  # "pld", the replace-one accountant (dpmed.privacy.dpsgd_accounting)
     physical_batch_size: int
     grad_sample_mode: str = "hooks"
     clipping: str = "flat"  # or "adaptive" (dpmed.privacy.adaptive_dpsgd)
@@ -132,7 +120,8 @@ class DPSGD:
     def __post_init__(self) -> None:
         if self.ghost and (self.clipping == "adaptive" or self.noise_allocation):
             raise ValueError("the adaptive variants need per-image gradients, which ghost lacks")
-        self.accountant = create_accountant(mechanism=self.accountant_name)
+        check_accountant(self.accountant_name)
+        self.accountant = ReplaceOneAccountant()
 
     @property
     def ghost(self) -> bool:
@@ -246,7 +235,9 @@ class DPSGD:
 
 
 ASSUMPTIONS = (
-    "one unit is one training example (an image or a record) with its label (add/remove adjacency)",
+    "one unit is one training example (an image or a record) with its label; neighbouring "
+    "training sets replace one example (replace-one adjacency; the number of examples is "
+    "public)",
     "batches are Poisson samples of the training set, as the accountant assumes",
     "every intermediate model is covered; validation and test data are not training data",
     "hyper-parameters are not tuned on the training images (tuning on them is not accounted)",
@@ -277,6 +268,7 @@ def plan_dpsgd(
         raise ConfigError(
             f"batch_size {batch_size} is larger than the {n_train} training images; lower it"
         )
+    check_accountant(accountant)
     sample_rate = batch_size / n_train
     delta = delta or default_delta(n_train)
     if noise_multiplier is None:
@@ -285,7 +277,6 @@ def plan_dpsgd(
             delta=delta,
             sample_rate=sample_rate,
             steps=steps_for(epochs, sample_rate),
-            accountant=accountant,
         )
     if clipping == "adaptive":
         try:
@@ -331,9 +322,9 @@ def dpsgd_guarantee(
         unit=unit,
         epsilon=dp.epsilon(),
         delta=dp.delta,
-        accounting=f"Opacus {dp.accountant_name.upper()} accountant over {dp.steps} steps "
-        f"(noise multiplier {dp.noise_multiplier:.4g}, sample rate {dp.sample_rate:.4g})"
-        + (f"; {adaptive.accounting_note()}" if adaptive else ""),
+        accounting=f"{ADJACENCY} PLD accountant (dp-accounting) over {dp.steps} Poisson-"
+        f"sampled Gaussian steps (noise multiplier {dp.noise_multiplier:.4g}, sample rate "
+        f"{dp.sample_rate:.4g})" + (f"; {adaptive.accounting_note()}" if adaptive else ""),
         assumptions=ASSUMPTIONS + extra,
     )
 
@@ -384,6 +375,7 @@ def dpsgd_privacy(
         "mechanism": "dp-sgd",
         **dpsgd_settings(dp, target_epsilon=target_epsilon),
         "unit": "image",
+        "adjacency": image.adjacency,
         "epsilon": epsilon,
         "delta": dp.delta,
         "epsilon_per_pixel": None,  # the image guarantee covers every part of the image

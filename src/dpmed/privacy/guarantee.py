@@ -80,7 +80,9 @@ class PrivacyGuarantee:
 
     `epsilon` None means no guarantee at all (no noise: epsilon is infinite).
     `accounting` says how epsilon was computed (a formula or an accountant);
-    `assumptions` what the guarantee relies on.
+    `assumptions` what the guarantee relies on; `adjacency` how neighbouring data sets
+    differ: every dpmed guarantee is stated under replace-one (one unit's data replaced,
+    the number of units public), so that techniques compare side by side.
     """
 
     mechanism: str
@@ -89,6 +91,7 @@ class PrivacyGuarantee:
     delta: float
     accounting: str
     assumptions: tuple[str, ...] = ()
+    adjacency: str = "replace-one"
 
     def describe(self) -> str:
         if self.epsilon is None:

@@ -35,6 +35,7 @@ def record_privacy(
     return {
         "mechanism": guarantee.mechanism,
         "unit": "record",
+        "adjacency": guarantee.adjacency,
         "epsilon": guarantee.epsilon,
         "delta": guarantee.delta,
         "epsilon_per_record": guarantee.epsilon,
@@ -46,18 +47,40 @@ def record_privacy(
     }
 
 
+# What diffprivlib 0.6's epsilon means per model (read from its source), as a factor to
+# its replace-one epsilon; dpmed fits each model at target / factor:
+# - LogisticRegression: objective perturbation (Chaudhuri et al. 2011, the Vector
+#   mechanism, noise scale 2 data_norm / eps' for two records' gradients), proved for data
+#   sets that differ in one record replaced: replace-one as stated.
+# - GaussianNB: geometric noise of sensitivity 1 on each class count, Laplace noise on each
+#   class's feature sums and squared deviations: adding or removing a record touches one
+#   class (add/remove); replacing it may touch two classes: 2 eps under replace-one.
+# - RandomForestClassifier: random splits from public bounds, each leaf's label by
+#   permute-and-flip on its class counts (sensitivity 1, monotonic: add/remove); a replaced
+#   record moves the counts of two leaves, or two counts of one leaf in opposite
+#   directions (not monotonic): 2 eps under replace-one.
+REPLACE_ONE_FACTOR = {"LogisticRegression": 1, "GaussianNB": 2, "RandomForestClassifier": 2}
+
+
 def diffprivlib_guarantee(model: Any) -> PrivacyGuarantee:
-    """What a fitted diffprivlib model (last step of a pipeline) spent, read from its
-    BudgetAccountant."""
+    """What a fitted diffprivlib model (last step of a pipeline) spent under replace-one,
+    from its BudgetAccountant's epsilon and REPLACE_ONE_FACTOR."""
     model = model[-1]
     epsilon, delta = model.accountant.total()
+    factor = REPLACE_ONE_FACTOR[type(model).__name__]
+    how = (
+        f"; diffprivlib's epsilon {epsilon:.4g} is add/remove, so {factor} x {epsilon:.4g} "
+        "under replace-one"
+        if factor != 1
+        else "; diffprivlib's epsilon is replace-one (objective perturbation)"
+    )
     return PrivacyGuarantee(
         mechanism=f"diffprivlib {type(model).__name__}",
         unit="record",
-        epsilon=float(epsilon),
+        epsilon=factor * float(epsilon),
         delta=float(delta),
         accounting=f"diffprivlib BudgetAccountant: {len(model.accountant.spent_budget)} "
-        "spend(s), composed",
+        f"spend(s), composed{how}",
         assumptions=("the model's own private steps cover every use of the training records",),
     )
 

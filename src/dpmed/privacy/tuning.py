@@ -5,7 +5,8 @@ released is the one whose validation accuracy is best: a choice that reads all c
 So the released model carries the composition of the candidates' guarantees, not one run's
 (Papernot & Steinke 2022 give tighter, randomised schemes; composition is the plain bound):
 
-- DP-SGD candidates: their noisy steps composed by the accountant they were counted with;
+- DP-SGD candidates: their noisy steps composed by the replace-one PLD accountant
+  (whatever accountant a candidate's summary names: the steps are what count);
 - input noise released once: when every candidate trained on the *same* release (equal
   release hashes), tuning is post-processing of it and costs nothing;
 - anything else: basic composition, the sum of the epsilons and of the deltas.
@@ -19,8 +20,8 @@ from typing import Any
 def tuning_privacy(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """The guarantee of the one model chosen among `candidates` (their summaries' `privacy`
     entries, all trained on the same data): `epsilon` in their unit and `epsilon_per_<unit>`
-    for the units they state, `delta`, `guarantee_holds` and `accounting` (how they were
-    composed). Epsilon None means no noise: no guarantee."""
+    for the units they state, `delta`, `adjacency`, `guarantee_holds` and `accounting` (how
+    they were composed). Epsilon None means no noise: no guarantee."""
     units = [  # the patient's epsilon is group privacy of an image's, not composed here
         key.removeprefix("epsilon_per_")
         for key in candidates[0]
@@ -28,7 +29,9 @@ def tuning_privacy(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     keys = ["epsilon", *(f"epsilon_per_{u}" for u in units)]
     holds = all(c.get("guarantee_holds", True) for c in candidates)
-    common = {"unit": candidates[0]["unit"], "guarantee_holds": holds}
+    # None: a summary written before dpmed stated the adjacency (DP-SGD's then was add/remove)
+    adjacency = candidates[0].get("adjacency")
+    common = {"unit": candidates[0]["unit"], "adjacency": adjacency, "guarantee_holds": holds}
     if any(c.get("epsilon") is None for c in candidates):
         how = "a candidate had no noise"
         return common | dict.fromkeys(keys) | {"delta": None, "accounting": how}
@@ -65,20 +68,19 @@ def _all_dp_sgd(candidates: list[dict[str, Any]]) -> bool:
 
 def _dp_sgd_composition(candidates: list[dict[str, Any]], units: list[str]) -> dict[str, Any]:
     from dpmed.privacy.dpsgd import composed_epsilon, group_privacy  # loads Opacus
+    from dpmed.privacy.dpsgd_accounting import ADJACENCY
 
-    accountants = {c["accountant"] for c in candidates}
-    accountant = accountants.pop() if len(accountants) == 1 else "rdp"  # RDP bounds any mix
     delta = max(c["delta"] for c in candidates)
     epsilon = composed_epsilon(
         [(c["noise_multiplier"], c["sample_rate"], c["steps"]) for c in candidates],
         delta=delta,
-        accountant=accountant,
     )
     result = {
+        "adjacency": ADJACENCY,
         "epsilon": epsilon,
         "delta": delta,
         "accounting": f"{len(candidates)} candidates' DP-SGD steps composed by the "
-        f"{accountant.upper()} accountant",
+        f"{ADJACENCY} PLD accountant (dp-accounting)",
     }
     for unit in units:  # DP-SGD states a record or an image, never a pixel
         result[f"epsilon_per_{unit}"] = None if unit == "pixel" else epsilon
