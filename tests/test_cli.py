@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from dpmed import cli
 from dpmed.config import FASTEST_MODES_MEASURED_BY_DPSGD_SPEED
@@ -112,7 +113,7 @@ def test_release_happens_once_and_training_uses_the_saved_copy(real_data, tmp_pa
     a, b = (json.loads((tmp_path / r / "summary.json").read_text()) for r in "ab")
     assert a["privacy"]["release_sha256"] == b["privacy"]["release_sha256"]
     assert a["test"] == b["test"]  # same seed, same release: the same model
-    [saved] = (cache / "releases").glob("pneumoniamnist-train-laplace-scale1-seed0-*.npy")
+    [saved] = (cache / "releases").glob("pneumoniamnist-train-laplace-scale1-*.npy")
     assert mech.file_sha256(saved) == a["privacy"]["release_sha256"]["train"]
     for data in trained_on:  # fit gets the saved release itself, for all its epochs
         assert np.array_equal(data["train"][0], np.load(saved))
@@ -127,9 +128,13 @@ def test_run_calibrates_to_a_target_and_post_processes(real_data, tmp_path, caps
     assert privacy["mechanism"] == "dppix-cell4" and privacy["noise_scale"] == 0.49
     assert privacy["epsilon_per_image"] == pytest.approx(100) and privacy["target_epsilon"] == 100
     assert privacy["epsilon_per_pixel"] == pytest.approx(100 / 784)
-    assert privacy["epsilon_per_patient"] == privacy["epsilon_per_image"]  # k = 1 here
-    assert privacy["images_per_patient"] == 1 and privacy["postprocess"] == ["blur1"]
+    # no patient ids: the per-patient guarantee is unknown, never the per-image one
+    assert privacy["epsilon_per_patient"] is None and privacy["images_per_patient"] is None
+    assert "no patient ids" in privacy["epsilon_per_patient_unknown"]
     assert any("no patient ids" in a for a in privacy["assumptions"])
+    assert privacy["postprocess"] == ["blur1"] and privacy["adjacency"] == "replace-one"
+    config = yaml.safe_load((out / "config.yaml").read_text())  # what the run used
+    assert config["noise_scale"] == 0.49 and config["target_epsilon"] is None
     assert "epsilon = 100 per image (dppix-cell4)" in capsys.readouterr().out
 
 

@@ -4,6 +4,7 @@ import json
 import pickle
 
 import pytest
+import yaml
 
 from dpmed import cli
 from tests.test_cli import _fail
@@ -55,6 +56,11 @@ def test_dp_sgd_mlp_on_a_table_spends_at_most_its_target_and_learns(tmp_path):
     assert privacy["epsilon_per_record"] <= 2.0 and privacy["guarantee_holds"]
     assert privacy["grad_sample_mode"] == "hooks"  # auto, for a model not measured
     assert summary["test"]["roc_auc"] > 0.8
+    assert summary["train"] is None  # DP training: the clean training rows are not scored
+    config = yaml.safe_load((out / "config.yaml").read_text())  # the values actually used
+    assert config["delta"] == privacy["delta"] > 0 and config["grad_sample_mode"] == "hooks"
+    assert config["noise_multiplier"] == privacy["noise_multiplier"]
+    assert config["target_epsilon"] is None and config["accountant"] == "pld"
 
 
 @pytest.mark.parametrize(

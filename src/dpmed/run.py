@@ -357,8 +357,8 @@ def _resolved(config: RunConfig, privacy: dict[str, Any]) -> tuple[RunConfig, st
     elif not config.is_table and config.target_epsilon is not None:
         changes["noise_scale"] = privacy["noise_scale"]
     note = "# the settings this run used, defaults and calibrations resolved"
-    if config.target_epsilon is not None and not config.is_table:
-        changes["target_epsilon"] = None
+    if config.target_epsilon is not None and ("noise_scale" in changes or "delta" in changes):
+        changes["target_epsilon"] = None  # replaced by the noise it was calibrated to
         note += (
             f" (calibrated to target_epsilon {config.target_epsilon:g} per {config.resolved_unit})"
         )
