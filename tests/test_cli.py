@@ -312,6 +312,18 @@ def corrupt_root(kermany_root):
         (["--augment-multiplicity", "2"], "add --augment"),
         (["--augment", "true", "--augment-multiplicity", "0"], "augment_multiplicity must be >="),
         (["--augment-multiplicity", "2.5"], "expected an integer"),
+        (["--technique", "laplace", "--noise-scale", "nan"], "noise_scale must be a finite"),
+        (["--technique", "laplace", "--noise-scale", "inf"], "noise_scale must be a finite"),
+        (["--technique", "laplace", "--noise-scale", "-1"], "noise_scale must be >= 0"),
+        (["--technique", "laplace", "--target-epsilon", "inf"], "target_epsilon must be a fin"),
+        (["--technique", "laplace", "--target-epsilon", "-2"], "target_epsilon must be > 0"),
+        (["--technique", "dp-sgd", "--noise-multiplier", "nan"], "noise_multiplier must be a"),
+        (["--technique", "dp-sgd", "--target-epsilon", "1", "--delta", "nan"], "delta must be a"),
+        (["--lr", "nan"], "lr must be a finite number"),
+        (
+            ["--technique", "laplace", "--noise-scale", "1", "--noise-key", "/nonexistent/key"],
+            "cannot read the noise key file",
+        ),
         (
             ["--model", "scatternet", "--augment", "true", "--augment-multiplicity", "4"],
             "augment cannot be used with model scatternet",

@@ -47,30 +47,34 @@ MIN_KEY_BYTES = 16
 
 def use_key_file(path: str | os.PathLike | None) -> None:
     """Make `path` the noise key of this process and of the workers it starts (through
-    the environment); None leaves the environment's choice. Checks the file now."""
+    the environment), once the file is checked; None leaves the environment's choice."""
     if path is None:
         return
-    os.environ[KEY_ENV] = str(Path(path).expanduser().resolve())
-    load_key()
+    resolved = str(Path(path).expanduser().resolve())
+    _read_key(resolved)
+    os.environ[KEY_ENV] = resolved
 
 
 def load_key() -> bytes | None:
     """The secret noise key named by $DPMED_NOISE_KEY_FILE, or None (operating-system
-    entropy). A key file holds at least 16 random bytes, e.g. `head -c 32 /dev/urandom`."""
+    entropy)."""
     named = os.environ.get(KEY_ENV)
-    if not named:
-        return None
+    return _read_key(named) if named else None
+
+
+def _read_key(path: str) -> bytes:
+    """A key file holds at least 16 random bytes, e.g. `head -c 32 /dev/urandom`."""
     try:
-        key = Path(named).read_bytes()
+        key = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"cannot read the noise key file {named} ({exc.strerror}); create one with "
+            f"cannot read the noise key file {path} ({exc.strerror}); create one with "
             f"`head -c 32 /dev/urandom > noise.key` or unset {KEY_ENV}"
         ) from None
     if len(key) < MIN_KEY_BYTES:
         raise ConfigError(
-            f"the noise key file {named} holds {len(key)} bytes; a key needs at least "
-            f"{MIN_KEY_BYTES} random bytes: `head -c 32 /dev/urandom > {named}`"
+            f"the noise key file {path} holds {len(key)} bytes; a key needs at least "
+            f"{MIN_KEY_BYTES} random bytes: `head -c 32 /dev/urandom > {path}`"
         )
     return key
 
