@@ -381,7 +381,8 @@ def test_every_command_has_help(capsys):
 
 def test_dp_sgd_run_spends_at_most_its_target_and_learns(real_data, tmp_path):
     """A tiny DP-SGD run on real PneumoniaMNIST: epsilon per image at most the target,
-    equal to Google's dp-accounting (PLD) on the recorded steps, and better than chance."""
+    equal to Google's dp-accounting (PLD, replace-one) on the recorded steps, better than
+    chance, and nothing in its outputs from the clean training images or the input path."""
     import dp_accounting
 
     out = tmp_path / "dp"
@@ -425,7 +426,12 @@ def test_dp_sgd_run_spends_at_most_its_target_and_learns(real_data, tmp_path):
         ),
         privacy["steps"],
     )
-    pld = dp_accounting.pld.PLDAccountant()
+    replace_one = dp_accounting.NeighboringRelation.REPLACE_ONE
+    pld = dp_accounting.pld.PLDAccountant(neighboring_relation=replace_one)
     pld.compose(event)
     assert privacy["epsilon"] == pytest.approx(pld.get_epsilon(privacy["delta"]), rel=0.05)
+    assert privacy["adjacency"] == "replace-one" and privacy["epsilon_per_patient"] is None
+    assert privacy["noise_source"] == "operating-system entropy" and privacy["key_id"] is None
+    assert "noise_scale" not in privacy and "release_sha256" not in privacy  # no input noise
+    assert summary["train"] is None and "train_accuracy" not in (out / "metrics.csv").read_text()
     assert summary["test"]["roc_auc"] > 0.75
