@@ -2,6 +2,7 @@
 
 import base64
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -130,3 +131,25 @@ def test_a_run_says_who_can_regenerate_its_noise(tmp_path, real_data, noise_key)
     assert privacy["noise_source"] == "secret noise key"
     assert privacy["key_id"] == secret.key_id(noise_key.read_bytes())
     assert "whoever holds the noise key" in privacy["noise_reproducible"]
+
+
+@pytest.mark.parametrize("name", ["logistic-regression", "gaussian-nb", "random-forest"])
+def test_a_saved_diffprivlib_model_keeps_no_trace_of_its_keyed_generator(name, tmp_path, noise_key):
+    """diffprivlib keeps its RandomState; pickled after fitting, its MT19937 state could be
+    run backwards to the noise. The saved model holds a reseeded one instead."""
+    from dpmed.data.tabular import load_table
+    from dpmed.models.tabular import build_classifier
+    from dpmed.train.classifier import fit_classifier
+
+    table = load_table("breast-cancer", table=None, schema=None, val_fraction=0.1, seed=0)
+    data = {s: (d.features, d.labels) for s, d in table.splits.items()}
+    saved, twin = (
+        build_classifier(name, n_features=30, epsilon=1.0, identity={"run": 0}) for _ in range(2)
+    )
+    fit_classifier(saved, data, checkpoint=tmp_path / "model.pkl")
+    twin.fit(*data["train"])  # the attacker's aim: the state the noise left behind
+    left_behind = twin[-1].random_state.get_state()[1].tobytes()
+    assert left_behind in pickle.dumps(twin)  # what a plain pickle would publish
+    assert left_behind not in (tmp_path / "model.pkl").read_bytes()
+    test = data["test"][0]
+    assert np.array_equal(saved.predict_proba(test), twin.predict_proba(test))  # same noise

@@ -130,6 +130,16 @@ def random_state(identity: Mapping[str, Any]) -> np.random.RandomState | None:
     return np.random.RandomState(np.random.MT19937(np.random.SeedSequence(noise_seed(identity))))
 
 
+def forget_states(model: Any) -> None:
+    """Reseed, in place and from operating-system entropy, every keyed RandomState the
+    steps of a fitted pipeline hold, so that a saved model keeps no trace of its secret
+    noise: MT19937 can be run backwards from its state to the draws it made."""
+    for step in getattr(model, "steps", []):
+        state = getattr(step[1], "random_state", None)
+        if isinstance(state, np.random.RandomState):
+            state.seed()
+
+
 def cache_tag(identity: Mapping[str, Any]) -> str:
     """A file-name tag for the release named by `identity` and drawn from this noise
     source: an HMAC under the cache's own secret, so it reveals nothing about the images."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from dpmed.privacy import secret
 from dpmed.train.loop import EpochRecord
 from dpmed.train.metrics import binary_metrics
 
@@ -32,6 +33,7 @@ def fit_classifier(
         for split, arrays in data.items()
         if score_train or split != "train"
     }
+    secret.forget_states(model)  # the pickled model must not hold the noise's generator
     checkpoint.write_bytes(pickle.dumps(model))
     return EpochRecord(1, metrics, time.perf_counter() - start, len(labels) / train_seconds)
 
