@@ -229,8 +229,11 @@ def _prepare_table(config: RunConfig, log: Callable[[str], None]) -> Prepared:
             n_features=n_features,
             seed=config.seed,
             epsilon=config.target_epsilon if private else None,
-            identity={"dataset": config.dataset, "seed": config.seed}
-            | {"train_features": table.splits["train"].features},
+            identity={
+                "dataset": config.dataset,
+                "seed": config.seed,
+                "train_features": table.splits["train"].features,
+            },
         )
         model_init = f"{config.model} ({'diffprivlib' if private else 'scikit-learn'})"
     log(
@@ -348,16 +351,18 @@ def _resolved(config: RunConfig, privacy: dict[str, Any]) -> tuple[RunConfig, st
         "image_size": config.resolved_image_size,
         "unit": config.resolved_unit,
     }
-    if config.technique == "dp-sgd":
+    dp_sgd = config.technique == "dp-sgd"
+    calibrated = config.target_epsilon is not None and (dp_sgd or not config.is_table)
+    if dp_sgd:
         changes |= {
             "delta": privacy["delta"],
             "grad_sample_mode": privacy["grad_sample_mode"],
             "noise_multiplier": privacy["noise_multiplier"],
         }
-    elif not config.is_table and config.target_epsilon is not None:
+    elif calibrated:
         changes["noise_scale"] = privacy["noise_scale"]
     note = "# the settings this run used, defaults and calibrations resolved"
-    if config.target_epsilon is not None and ("noise_scale" in changes or "delta" in changes):
+    if calibrated:
         changes["target_epsilon"] = None  # replaced by the noise it was calibrated to
         note += (
             f" (calibrated to target_epsilon {config.target_epsilon:g} per {config.resolved_unit})"

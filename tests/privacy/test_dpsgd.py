@@ -94,16 +94,16 @@ def test_calibrated_noise_never_exceeds_the_target_under_replace_one(target):
     assert 0.97 * target <= finer <= target * (1 + 1e-3)
 
 
+def _dpsgd(**changes):
+    """A DPSGD plan with plain settings (noise 1, clip 1, rate 0.1), `changes` applied."""
+    settings = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "sample_rate": 0.1}
+    settings |= {"delta": 1e-5, "accountant_name": "pld", "physical_batch_size": 8}
+    return DPSGD(**settings | changes)
+
+
 def test_only_the_replace_one_accountant_is_accepted():
     with pytest.raises(ConfigError, match="replace-one"):
-        DPSGD(
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            sample_rate=0.1,
-            delta=1e-5,
-            accountant_name="prv",
-            physical_batch_size=8,
-        )
+        _dpsgd(accountant_name="prv")
 
 
 def test_batchnorm_is_refused_with_the_layer_named():
@@ -318,14 +318,7 @@ def test_a_balanced_loss_keeps_each_examples_gradient_its_own():
 
 
 def test_a_balanced_loss_is_named_in_the_dp_sgd_guarantee():
-    dp = DPSGD(
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        sample_rate=0.1,
-        delta=1e-5,
-        accountant_name="pld",
-        physical_batch_size=8,
-    )
+    dp = _dpsgd()
     assert BALANCED_LOSS in dpsgd_guarantee(dp, balanced_loss=True).assumptions
     assert BALANCED_LOSS not in dpsgd_guarantee(dp).assumptions
 
