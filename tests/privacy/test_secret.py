@@ -70,7 +70,7 @@ TECHNIQUES = {
     "table-adaptive-laplace": TABLE_RUN
     | {"technique": "adaptive-laplace", "target_epsilon": 4.0, "model": "logistic-regression"},
     "diffprivlib": TABLE_RUN
-    | {"technique": "diffprivlib", "target_epsilon": 1.0, "model": "gaussian-nb"},
+    | {"technique": "diffprivlib", "target_epsilon": 1.0, "model": "logistic-regression"},
     "table-dp-sgd": TABLE_RUN
     | {"technique": "dp-sgd", "noise_multiplier": 1.0, "model": "mlp", "epochs": 2},
 }
@@ -94,7 +94,9 @@ def test_an_attacker_with_every_output_cannot_regenerate_the_noise(
     published = _run(settings, tmp_path / "owner", real_data)
     monkeypatch.setenv("DPMED_CACHE", str(tmp_path / "attacker-cache"))
     replayed = _run(settings, tmp_path / "attacker", real_data)
-    assert replayed[1] != published[1]  # the validation loss of another model
+    # the validation loss of another model (continuous in the weights: a model whose noise
+    # saturated every probability would give equal losses, so none of these does)
+    assert replayed[1] != published[1]
     if published[0]:
         assert all(replayed[0][s] != published[0][s] for s in published[0])
 
