@@ -22,7 +22,7 @@ from dpmed.errors import ConfigError
 from dpmed.models.tabular import CLASSIFIERS, TABLE_MODELS
 from dpmed.models.vision import SCATTERNETS
 from dpmed.privacy import MECHANISMS, InputMechanism, Unit, build_mechanism
-from dpmed.privacy.postprocess import check_postprocess, parse_postprocess
+from dpmed.privacy.postprocess import parse_postprocess, postprocessed_size
 
 IMAGE_DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
 DATASETS = (*IMAGE_DATASETS, *TABLES)
@@ -30,6 +30,8 @@ TABLE_TECHNIQUES = ("none", "laplace", "adaptive-laplace", "diffprivlib", "dp-sg
 TECHNIQUES = ("none", *MECHANISMS, "adaptive-laplace", "diffprivlib", "dp-sgd")
 IMAGE_MODELS = ("resnet18", "resnet18-gn", "small-cnn", *SCATTERNETS)
 MODELS = (*IMAGE_MODELS, *TABLE_MODELS)
+# the smallest input side a model takes: the small CNN halves it 4 times, ScatterNet 2^J
+SMALLEST_INPUT = {"small-cnn": 16} | dict.fromkeys(SCATTERNETS, 4)
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 # DP-SGD's accountant: dp-accounting's PLD under replace-one (Opacus's prv and rdp bound
@@ -109,6 +111,13 @@ class RunConfig:
     @property
     def resolved_image_size(self) -> int | None:
         return None if self.is_table else self.image_size or IMAGE_DATASETS[self.dataset]
+
+    @property
+    def input_size(self) -> int | None:
+        """The image side the model sees: the release's, after post-processing (down<k>)."""
+        if self.is_table:
+            return None
+        return postprocessed_size(parse_postprocess(self.postprocess), self.resolved_image_size)
 
     @property
     def planned_epochs(self) -> int:
@@ -226,11 +235,6 @@ class RunConfig:
                 "once per image before training; drop --augment (and --augment-multiplicity) "
                 "or choose another model"
             )
-        if self.resolved_image_size < 4:
-            raise ConfigError(
-                f"model {self.model} needs images of at least 4x4 (2^J, J = 2), "
-                f"got image_size {self.resolved_image_size}"
-            )
 
     def _check_images(self) -> None:
         _choice("model", self.model, IMAGE_MODELS)
@@ -244,7 +248,13 @@ class RunConfig:
             self._check_dpsgd()
         else:
             self._check_mechanism()
-        check_postprocess(parse_postprocess(self.postprocess), self.resolved_image_size)
+        smallest = SMALLEST_INPUT.get(self.model, 1)
+        if self.input_size < smallest:
+            raise ConfigError(
+                f"model {self.model} needs images of at least {smallest}x{smallest}, got "
+                f"{self.input_size} px (after image_size and postprocess); use larger images "
+                "or a smaller down<k>"
+            )
 
     def _check_table(self) -> None:
         """Tables protect records (one patient's row): epsilon per record, tabular models."""

@@ -160,7 +160,7 @@ def run_experiment(
             **(
                 {"features": prepared.data.feature_names}
                 if config.is_table
-                else {"image_size": config.resolved_image_size}
+                else {"image_size": config.resolved_image_size, "input_size": config.input_size}
             ),
             "seed": config.seed,
             "epochs": len(records),
@@ -199,9 +199,12 @@ def _prepare_images(config: RunConfig, log: Callable[[str], None]) -> Prepared:
         max_images=config.max_images,
         seed=config.seed,
     )
-    model, model_init = build_model(config.model, weights=config.weights, image_size=image_size)
+    model, model_init = build_model(
+        config.model, weights=config.weights, image_size=config.input_size
+    )
+    trained_at = f", trained at {config.input_size}px" if config.input_size != image_size else ""
     log(
-        f"{config.dataset} {image_size}px: "
+        f"{config.dataset} {image_size}px{trained_at}: "
         + ", ".join(f"{s} {len(d)}" for s, d in dataset.splits.items())
         + f" images; {model_init}"
     )
@@ -285,11 +288,15 @@ def apply_technique(
                 dataset=config.dataset,
                 split=split,
             )
-            if config.clip_after_release:  # post-processing of the release: free
-                images = images.clip(0, 1)
         else:
-            images = (data.images * np.float32(1 / 255)).astype(np.float16)
-        inputs[split] = (postprocess(images, steps, noise_std=accounting.noise_std), data.labels)
+            images = data.images  # clean uint8, scaled to [0, 1] below
+        images = postprocess(  # post-processing of the release: free
+            images,
+            steps,
+            noise_std=accounting.noise_std,
+            clip=config.clip_after_release and split in released,
+        )
+        inputs[split] = (images, data.labels)
     privacy = accounting.to_dict() | {
         "postprocess": [str(step) for step in steps],
         "release_sha256": hashes,

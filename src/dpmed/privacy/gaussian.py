@@ -25,7 +25,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import log_ndtr, ndtr
 
-from dpmed.privacy.mechanism import InputMechanism, register
+from dpmed.privacy.mechanism import InputMechanism, add_noise, register
 
 
 def gaussian_delta(epsilon: float, *, sigma: float, sensitivity: float) -> float:
@@ -107,6 +107,4 @@ class Gaussian(InputMechanism):
         self, images: np.ndarray, noise_scale: float, rng: np.random.Generator
     ) -> np.ndarray:
         """uint8 images -> images / 255 + N(0, sigma^2) noise, as float16."""
-        noisy = rng.normal(0.0, noise_scale, size=images.shape)
-        noisy += images * (1 / 255)
-        return noisy.astype(np.float16)
+        return add_noise(images, lambda shape: rng.normal(0.0, noise_scale, size=shape))

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpmed.errors import ConfigError
-from dpmed.privacy.mechanism import ASSUMPTIONS, InputMechanism, register
+from dpmed.privacy.mechanism import (
+    ASSUMPTIONS,
+    InputMechanism,
+    add_noise,
+    laplace_noise,
+    register,
+)
 
 ETA = 2.0**-53  # half the spacing of doubles in [1, 2): the relative rounding error
 SNAP_BOUND = 2.0**20  # B: the output clamp, far outside [0, 1]; costs 12 B eta ~ 1e-9
@@ -91,9 +97,7 @@ class Laplace(InputMechanism):
         """uint8 images -> images / 255 + Laplace(0, b) noise, as float16 (rounding is free)."""
         if self.snapping:
             return snap(images * (1 / 255), noise_scale, rng).astype(np.float16)
-        noisy = rng.laplace(0.0, noise_scale, size=images.shape)
-        noisy += images * (1 / 255)
-        return noisy.astype(np.float16)
+        return add_noise(images, lambda shape: laplace_noise(rng, noise_scale, shape))
 
 
 def _check_snapping_range(noise_scale: float) -> None:

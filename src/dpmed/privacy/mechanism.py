@@ -44,6 +44,7 @@ ASSUMPTIONS = (
 )
 
 MECHANISMS: dict[str, type[InputMechanism]] = {}
+_CHUNK = 256  # images released at a time
 _M = TypeVar("_M", bound="type[InputMechanism]")
 
 
@@ -141,6 +142,31 @@ class InputMechanism(ABC):
         return self.noise_scale(target_epsilon, changed_pixels=changed, delta=delta)
 
 
+def add_noise(images: np.ndarray, draw: Callable[[tuple[int, ...]], np.ndarray]) -> np.ndarray:
+    """uint8 images (N, H, W) -> images / 255 + `draw(shape)` noise (float64), as float16.
+
+    Computed a chunk of images at a time: a 224 px release of thousands of images never
+    sits in memory in float64.
+    """
+    noisy = np.empty(images.shape, dtype=np.float16)
+    for start in range(0, len(images), _CHUNK):
+        chunk = images[start : start + _CHUNK]
+        values = draw(chunk.shape)
+        values += chunk * (1 / 255)
+        noisy[start : start + _CHUNK] = values
+    return noisy
+
+
+def laplace_noise(rng: np.random.Generator, scale: np.ndarray | float, shape: tuple[int, ...]):
+    """Laplace(0, scale) draws as scale (E1 - E2), E1 and E2 standard exponentials: the
+    same distribution as numpy's `laplace` (a Laplace variable is the difference of two
+    independent exponentials) in double precision, drawn by the ziggurat, 3-4x faster."""
+    noise = rng.standard_exponential(shape)
+    noise -= rng.standard_exponential(shape)
+    noise *= scale
+    return noise
+
+
 def build_mechanism(name: str, settings: Mapping[str, Any]) -> InputMechanism:
     """The mechanism registered as `name`, its fields read from `settings` (a config dict).
 
@@ -186,7 +212,7 @@ def released_split(
     if not path.exists():
         noisy = mechanism.release(images, noise_scale, secret.numpy_generator(identity))
         atomic_write(path, lambda handle: np.save(handle, noisy))
-    return np.load(path), file_sha256(path)
+    return np.load(path, mmap_mode="r"), file_sha256(path)  # mapped: read as needed
 
 
 def file_sha256(path: Path) -> str:

@@ -6,13 +6,20 @@ and may buy accuracy. It is never stored in the release; every run applies it af
 
 A pipeline is a comma-separated list of steps, applied left to right:
 
-- ``pool<k>``: average over k x k blocks (down-sampling), shown at the original size;
+- ``down<k>``: average over k x k blocks into one pixel: the image shrinks k times
+  (area down-sampling; the model then trains at the smaller size);
+- ``pool<k>``: average over k x k blocks, shown at the original size;
 - ``blur<sigma>``: Gaussian blur with standard deviation sigma pixels;
 - ``median<k>``: median filter over k x k pixels;
 - ``nlm``: non-local means (Buades et al. 2005) tuned to the known noise level.
 
+Averaging k x k pixels (down, pool) divides the noise's standard deviation by k, and
+the steps after it see that smaller noise.
+
 >>> [str(step) for step in parse_postprocess("pool2, blur1.5,nlm")]
 ['pool2', 'blur1.5', 'nlm']
+>>> postprocessed_size(parse_postprocess("down4,blur1"), 224)
+56
 """
 
 from __future__ import annotations
@@ -27,8 +34,13 @@ from scipy import ndimage
 from dpmed.errors import ConfigError
 from dpmed.privacy.dppix import cell_means, spread_cells
 
-SYNTAX = "comma-separated steps: pool<k>, blur<sigma>, median<k>, nlm (e.g. pool2,blur1)"
+SYNTAX = "comma-separated steps: down<k>, pool<k>, blur<sigma>, median<k>, nlm (e.g. down4,blur1)"
+_CHUNK = 256  # images post-processed at a time: a 224 px release need not fit in memory twice
 _STEP = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)?$")
+
+
+def _down(images: np.ndarray, size: float, noise_std: float) -> np.ndarray:
+    return cell_means(images, int(size))
 
 
 def _pool(images: np.ndarray, size: float, noise_std: float) -> np.ndarray:
@@ -65,6 +77,7 @@ def _nlm(images: np.ndarray, size: float, noise_std: float) -> np.ndarray:
 
 # name -> (function(images, size, noise_std), kind of size: "int" >= 2, "float" > 0, None)
 _STEPS: dict[str, tuple[Callable[[np.ndarray, float, float], np.ndarray], str | None]] = {
+    "down": (_down, "int"),
     "pool": (_pool, "int"),
     "blur": (_blur, "float"),
     "median": (_median, "int"),
@@ -81,6 +94,11 @@ class Step:
 
     def __str__(self) -> str:
         return self.name if self.size is None else f"{self.name}{self.size:g}"
+
+    @property
+    def averages(self) -> int:
+        """Pixels averaged into one (k x k for down and pool, else 1)."""
+        return int(self.size) ** 2 if self.name in ("down", "pool") else 1
 
     def __call__(self, images: np.ndarray, noise_std: float) -> np.ndarray:
         return _STEPS[self.name][0](images, self.size or 0.0, noise_std)
@@ -105,20 +123,35 @@ def parse_postprocess(text: str | None) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def check_postprocess(steps: tuple[Step, ...], image_size: int) -> None:
-    """Pooling needs a block size that divides the image size."""
+def postprocessed_size(steps: tuple[Step, ...], image_size: int) -> int:
+    """The image side after `steps`; a ConfigError where a block size does not divide it."""
     for step in steps:
-        if step.name == "pool" and image_size % int(step.size):
+        if step.name in ("down", "pool") and image_size % int(step.size):
             raise ConfigError(
                 f"post-processing step {step} does not divide the image size {image_size}"
             )
+        if step.name == "down":
+            image_size //= int(step.size)
+    return image_size
 
 
-def postprocess(images: np.ndarray, steps: tuple[Step, ...], *, noise_std: float) -> np.ndarray:
-    """Apply `steps` to (N, H, W) images; float16 in and out (computed in float32)."""
-    if not steps:
-        return images
-    work = images.astype(np.float32)
-    for step in steps:
-        work = step(work, noise_std)
-    return work.astype(np.float16)
+def postprocess(
+    images: np.ndarray, steps: tuple[Step, ...], *, noise_std: float, clip: bool = False
+) -> np.ndarray:
+    """Apply `steps` to (N, H, W) images, first clipping them to [0, 1] with `clip`.
+
+    In: a release (float, a memory map too) or clean uint8 images (scaled to [0, 1]);
+    out: float16, computed in float32 a chunk of images at a time.
+    """
+    scale = np.float32(1 / 255 if images.dtype == np.uint8 else 1)
+    chunks = []
+    for start in range(0, max(len(images), 1), _CHUNK):
+        work = images[start : start + _CHUNK].astype(np.float32) * scale
+        if clip:
+            work = work.clip(0, 1)
+        std = noise_std
+        for step in steps:
+            work = step(work, std)
+            std /= np.sqrt(step.averages)
+        chunks.append(work.astype(np.float16))
+    return np.concatenate(chunks)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpmed.errors import ConfigError
-from dpmed.privacy.mechanism import ASSUMPTIONS, InputMechanism, register
+from dpmed.privacy.mechanism import ASSUMPTIONS, InputMechanism, add_noise, laplace_noise, register
 
 DEFAULT_FLOOR = 0.25
 LUNG_CENTRES = ((0.30, 0.47), (0.70, 0.47))  # (u, v): right lung (image left), left lung
@@ -164,6 +164,5 @@ class WeightedLaplace(InputMechanism):
             raise ValueError(
                 f"images of shape {images.shape[1:]} for a {self.image_size}px weight map"
             )
-        noisy = rng.laplace(0.0, self.scales(noise_scale), size=images.shape)
-        noisy += images * (1 / 255)
-        return noisy.astype(np.float16)
+        scales = self.scales(noise_scale)
+        return add_noise(images, lambda shape: laplace_noise(rng, scales, shape))
