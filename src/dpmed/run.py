@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -173,6 +174,8 @@ def run_experiment(
                 "train_images_per_second": round(
                     float(np.mean([r.train_images_per_second for r in records])), 1
                 ),
+                "cpu_cores": os.cpu_count(),
+                "load_average": round(os.getloadavg()[0], 2),  # 1 minute, at the end
             },
             ("records" if config.is_table else "images"): sizes,
             "model_init": prepared.model_init,

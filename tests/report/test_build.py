@@ -7,7 +7,7 @@ from dpmed.errors import ConfigError
 from dpmed.report.tables import group_runs, is_paper_grid, paper_table
 
 
-def _run(noise_scale, seed, test_acc, dataset="chest-xray"):
+def _run(noise_scale, seed, test_acc, dataset="chest-xray", postprocess=None):
     return {
         "id": f"{noise_scale}-{seed}",
         "name": f"noise_scale={noise_scale},seed={seed}",
@@ -16,6 +16,7 @@ def _run(noise_scale, seed, test_acc, dataset="chest-xray"):
             "technique": "laplace",
             "noise_scale": noise_scale,
             "seed": seed,
+            "postprocess": postprocess,
             "data_root": "/x",
         },
         "summary": {
@@ -35,8 +36,16 @@ def test_paper_table_gives_mean_and_sd_over_seeds_beside_the_paper():
     rows = paper_table(group_runs(runs))
     assert rows[0] == ["accuracy (%)", "original", "b=1"]
     assert rows[1] == ["test", "82.00 ± 2.83 (paper 82.69)", "70.00 ± 0.00 (paper 74.35)"]
+    assert rows[3] == ["seeds", "2", "2"]
     assert rows[-1] == ["epsilon per image", "inf (no noise)", "4,096"]
     assert not is_paper_grid(runs + [_run(1, 2, 0.7, dataset="pneumoniamnist")])
+    assert not is_paper_grid(runs + [_run(1, 2, 0.7, postprocess="down2")])  # two recipes at b=1
+
+
+def test_paper_table_shows_the_recipe_chosen_for_each_scale():
+    runs = [_run(0, 0, 0.9, postprocess="down8"), _run(4, 0, 0.8, postprocess="down14")]
+    assert is_paper_grid(runs)
+    assert ["postprocess", "down8", "down14"] in paper_table(group_runs(runs))
 
 
 def test_report_from_a_real_sweep(tmp_path, tiny_sweep, capsys):
@@ -46,6 +55,7 @@ def test_report_from_a_real_sweep(tmp_path, tiny_sweep, capsys):
     md = (out / "report.md").read_text()
     assert "## Results by setting" in md and "noise_scale=2.0" in md
     assert "![" in md and (out / "figures" / "frontier.png").stat().st_size > 10_000
+    assert "The 4 runs took " in md and " CPU cores (load average over 1 min" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
     rows = list(csv.DictReader((out / "results.csv").open()))

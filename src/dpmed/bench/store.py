@@ -98,13 +98,22 @@ class ResultsStore:
             )
 
     def finished_runs(self) -> list[dict[str, Any]]:
-        """Every finished run: id, name, config, summary (parsed), in name order."""
+        """Every finished run: id, name, config, summary (parsed), started and finished
+        (Unix times), in name order."""
         rows = self.db.execute(
-            "SELECT id, name, config, summary FROM runs WHERE status='finished' ORDER BY name"
+            "SELECT id, name, config, summary, started, finished FROM runs "
+            "WHERE status='finished' ORDER BY name"
         )
         return [
-            {"id": i, "name": n, "config": json.loads(c), "summary": json.loads(s)}
-            for i, n, c, s in rows
+            {
+                "id": i,
+                "name": n,
+                "config": json.loads(c),
+                "summary": json.loads(s),
+                "started": start,
+                "finished": end,
+            }
+            for i, n, c, s, start, end in rows
         ]
 
     def epochs(self, run_id: str) -> list[tuple[int, str, str, float | None]]:

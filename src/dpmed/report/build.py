@@ -94,7 +94,11 @@ def _blocks(runs, curves, counts, figures: Path) -> list[Block]:
             "Privacy-utility frontier: test accuracy and ROC-AUC against epsilon.",
         )
     )
-    blocks += [("h2", "Wall time and throughput"), ("table", tables.timing_table(runs))]
+    blocks += [
+        ("h2", "Wall time and throughput"),
+        ("p", tables.sweep_time(runs)),
+        ("table", tables.timing_table(runs)),
+    ]
     return blocks
 
 

@@ -264,21 +264,20 @@ def lacks_train_metrics(runs: list[dict[str, Any]]) -> bool:
 
 
 def is_paper_grid(runs: list[dict[str, Any]]) -> bool:
-    """The reference paper's design: Laplace on Kermany, varying only b (and seeds)."""
-    return (
-        bool(runs)
-        and all(
-            r["config"]["dataset"] == "chest-xray"
-            and r["config"]["technique"] == "laplace"
-            and r["config"]["noise_scale"] in PAPER_TABLE1["test"]
-            for r in runs
-        )
-        and set(varying_settings(runs)) <= {"noise_scale"}
-    )
+    """The reference paper's design: Laplace on Kermany at its noise scales b, one setting
+    per b (a recipe may differ between scales) repeated over seeds."""
+    if not runs or any(
+        r["config"]["dataset"] != "chest-xray" or r["config"]["technique"] != "laplace"
+        for r in runs
+    ):
+        return False
+    scales = {r["config"]["noise_scale"] for r in runs}
+    return scales <= set(PAPER_TABLE1["test"]) and len(group_runs(runs)) == len(scales)
 
 
 def paper_table(groups: list[Group]) -> list[list[str]]:
-    """Table 1's layout: our accuracy (mean ± sd over seeds) beside the paper's."""
+    """Table 1's layout: our accuracy (mean ± sd over seeds) beside the paper's, and the
+    settings that differ between the scales (the recipe chosen for each b)."""
     by_scale = sorted(groups, key=lambda g: g.settings["noise_scale"])
     scales = [g.settings["noise_scale"] for g in by_scale]
     rows = [["accuracy (%)"] + ["original" if b == 0 else f"b={b:g}" for b in scales]]
@@ -290,6 +289,10 @@ def paper_table(groups: list[Group]) -> list[list[str]]:
                 for g, b in zip(by_scale, scales, strict=True)
             ]
         )
+    rows.append(["seeds"] + [str(len(g.runs)) for g in by_scale])
+    recipe = varying_settings([g.runs[0] for g in by_scale])
+    for key in (k for k in recipe if k != "noise_scale"):
+        rows.append([key] + [str(g.settings[key]) for g in by_scale])
     privacies = [g.privacy for g in by_scale]
     stated = stated_units(privacies)
     for unit in ("pixel", "image", *(["patient"] * ("patient" in stated))):
@@ -297,6 +300,26 @@ def paper_table(groups: list[Group]) -> list[list[str]]:
     for column in privacy_columns(privacies):
         rows.append([column] + [privacy_cells(p, [column])[0] for p in privacies])
     return rows
+
+
+def sweep_time(runs: list[dict[str, Any]]) -> str:
+    """The sweep's wall time, from its first run's start to its last run's end (a sweep
+    resumed later counts the pause too), with the machine's cores and load."""
+    timed = [r for r in runs if r.get("started") and r.get("finished")]
+    if not timed:
+        return f"The {len(runs)} runs have no start and end times."
+    timings = [r["summary"]["timing"] for r in timed]
+    loads = [t["load_average"] for t in timings if "load_average" in t]
+    cores = {t["cpu_cores"] for t in timings if "cpu_cores" in t}
+    minutes = (max(r["finished"] for r in timed) - min(r["started"] for r in timed)) / 60
+    text = f"The {len(timed)} runs took {minutes:.1f} min of wall time, first start to last end"
+    if cores:
+        text += f", on {'/'.join(map(str, sorted(cores)))} CPU cores"
+    if loads:
+        text += (
+            f" (load average over 1 min at the runs' ends: {min(loads):.1f} to {max(loads):.1f})"
+        )
+    return text + "."
 
 
 def timing_table(runs: list[dict[str, Any]]) -> list[list[str]]:
