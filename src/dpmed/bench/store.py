@@ -53,23 +53,7 @@ class ResultsStore:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        if read_only:
-            self.db = sqlite3.connect(_read_only_uri(path), uri=True)
-        else:
-            self.db = sqlite3.connect(path, isolation_level=None)  # explicit transactions
-        try:
-            tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master")}
-        except sqlite3.DatabaseError:
-            self.db.close()
-            raise DataError(
-                f"{path} is not a SQLite database; move it away or choose another folder"
-            ) from None
-        if (tables or read_only) and not TABLES.issubset(tables):
-            self.db.close()
-            raise DataError(
-                f"{path} is not a dpmed results database (tables: "
-                f"{', '.join(sorted(tables)) or 'none'}); move it away or choose another folder"
-            )
+        self.db = _connect(path, read_only=read_only)
         if not read_only:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -168,6 +152,31 @@ class ResultsStore:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+
+def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    """A connection to `path`; a DataError unless it is SQLite holding dpmed's tables (or,
+    opened to write, no tables yet)."""
+    db = None
+    try:
+        if read_only:
+            db = sqlite3.connect(_read_only_uri(path), uri=True)
+        else:
+            db = sqlite3.connect(path, isolation_level=None)  # explicit transactions
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        if db:
+            db.close()
+        raise DataError(
+            f"{path} is not a SQLite database ({exc}); move it away or choose another folder"
+        ) from None
+    if (tables or read_only) and not TABLES.issubset(tables):
+        db.close()
+        raise DataError(
+            f"{path} is not a dpmed results database (tables: "
+            f"{', '.join(sorted(tables)) or 'none'}); move it away or choose another folder"
+        )
+    return db
 
 
 def _read_only_uri(path: Path) -> str:
