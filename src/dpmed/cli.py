@@ -19,6 +19,7 @@ from typing import Any
 from dpmed import __version__
 from dpmed.config import DATASETS, MODELS, OPTIMIZERS, TECHNIQUES, RunConfig, load_yaml
 from dpmed.errors import DpmedError
+from dpmed.files import check_output_folder
 from dpmed.privacy import MECHANISMS
 from dpmed.progress import quiet
 
@@ -293,11 +294,13 @@ def _bench(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep)
     runs = sweep.runs(_overrides(args))  # every config is checked before anything is written
-    jobs = args.jobs or min(os.cpu_count() or 1, len(runs))
+    out = args.out or Path("runs") / sweep.name
+    check_output_folder(out)
+    ResultsStore.check(out / DB_NAME)
+    jobs = min(os.cpu_count() or 1, len(runs)) if args.jobs is None else args.jobs
     executor = make_executor(
         args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address
     )
-    out = args.out or Path("runs") / sweep.name
     print(f"{sweep.name}: {len(runs)} runs, {jobs} at a time. {sweep.description}".strip())
     counts = run_sweep(runs, out, executor, jobs=jobs, retry_failed=args.retry_failed)
     store = ResultsStore(out / DB_NAME)

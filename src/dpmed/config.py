@@ -19,6 +19,7 @@ import yaml
 
 from dpmed.data.tabular import TABLES
 from dpmed.errors import ConfigError
+from dpmed.files import read_text
 from dpmed.models.tabular import CLASSIFIERS, TABLE_MODELS
 from dpmed.models.vision import SCATTERNETS
 from dpmed.privacy import MECHANISMS, InputMechanism, Unit, build_mechanism
@@ -243,7 +244,12 @@ class RunConfig:
         for name in ("table", "schema"):
             if getattr(self, name) is not None:
                 raise ConfigError(f"{name} is for dataset csv, not {self.dataset}")
-        Unit.parse(self.resolved_unit)
+        unit, size = Unit.parse(self.resolved_unit), self.resolved_image_size
+        if unit.pixels > size * size:
+            raise ConfigError(
+                f"unit {unit} is more pixels than an image has ({size}x{size} = {size * size:,}); "
+                "use --unit image, or m at most the pixel count"
+            )
         if self.technique == "dp-sgd":
             self._check_dpsgd()
         else:
@@ -375,9 +381,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of settings; every failure is a ConfigError."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        values = yaml.safe_load(read_text(path, "config file"))
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""

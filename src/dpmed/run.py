@@ -7,6 +7,7 @@ only when everything is written, so a failed run leaves nothing half-written.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,9 +23,11 @@ import yaml
 
 from dpmed import __version__
 from dpmed.config import RunConfig
-from dpmed.data import ImageDataset, load_dataset
+from dpmed.data import ImageDataset
+from dpmed.data.images import plan_dataset
 from dpmed.data.tabular import TableDataset, load_table
 from dpmed.errors import ConfigError
+from dpmed.files import check_output_folder
 from dpmed.models import build_model
 from dpmed.models.tabular import MLP, build_classifier
 from dpmed.privacy import Unit, released_split, secret
@@ -35,6 +38,9 @@ from dpmed.report.plots import learning_curve
 from dpmed.train.classifier import fit_classifier
 from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, fit
 from dpmed.train.metrics import METRICS
+
+if TYPE_CHECKING:
+    from dpmed.privacy.dpsgd import DPSGD
 
 SUMMARY = "summary.json"
 
@@ -68,35 +74,34 @@ def run_experiment(
     """Run `config`, write its run folder at `out`; the summary and the per-epoch records."""
     started = time.perf_counter()
     out = Path(out)
+    check_output_folder(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
             f"run folder {out} already exists; choose another --out or pass --overwrite"
         )
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    prepared = (_prepare_table if config.is_table else _prepare_images)(config, log)
-    inputs, privacy, model = prepared.inputs, prepared.privacy, prepared.model
-    dp = None
-    if config.technique == "dp-sgd":
-        from dpmed.privacy.dpsgd import check_trainable, plan_dpsgd  # loads Opacus (seconds)
-
-        check_trainable(model)
-        dp = plan_dpsgd(
-            n_train=len(inputs["train"][1]),
-            batch_size=config.batch_size,
-            epochs=config.epochs,
-            target_epsilon=config.target_epsilon,
-            noise_multiplier=config.noise_multiplier,
-            delta=config.delta,
-            max_grad_norm=config.max_grad_norm,
-            accountant=config.accountant,
-            physical_batch_size=config.physical_batch_size,
-            grad_sample_mode=config.resolved_grad_sample_mode,
-            clipping=config.clipping,
-            target_unclipped_quantile=config.target_unclipped_quantile,
-            noise_allocation=config.noise_allocation,
-            identity=noise_identity(config, inputs["train"]),
+    if config.is_table:
+        prepared = _prepare_table(config, log)
+        dp = _plan_dpsgd(config, prepared.model, len(prepared.inputs["train"][1]))
+    else:
+        planned = plan_dataset(
+            config.dataset,
+            image_size=config.resolved_image_size,
+            data_root=config.data_root,
+            val_fraction=config.val_fraction,
+            max_images=config.max_images,
+            seed=config.seed,
         )
+        model, model_init = build_model(
+            config.model, weights=config.weights, image_size=config.input_size
+        )
+        # planned before the images are decoded: settings it refuses leave no cache entry
+        dp = _plan_dpsgd(config, model, planned.sizes["train"])
+        prepared = _prepare_images(config, planned.load(), model, model_init, log)
+    inputs, privacy, model = prepared.inputs, prepared.privacy, prepared.model
+    if dp:
+        dp = dataclasses.replace(dp, identity=noise_identity(config, inputs["train"]))
         log(
             f"privacy: DP-SGD with noise multiplier {dp.noise_multiplier:.4g}, clipping "
             f"{dp.max_grad_norm:g}, sample rate {dp.sample_rate:.4g}, delta {dp.delta:.3g}"
@@ -192,19 +197,39 @@ def run_experiment(
     return RunResult(summary, records)
 
 
-def _prepare_images(config: RunConfig, log: Callable[[str], None]) -> Prepared:
+def _plan_dpsgd(config: RunConfig, model: Any, n_train: int) -> DPSGD | None:
+    """DP-SGD's plan for `n_train` training images (noise calibrated to the target
+    epsilon), before any data is decoded or trained on; None for other techniques."""
+    if config.technique != "dp-sgd":
+        return None
+    from dpmed.privacy.dpsgd import check_trainable, plan_dpsgd  # loads Opacus (seconds)
+
+    check_trainable(model)
+    return plan_dpsgd(
+        n_train=n_train,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        target_epsilon=config.target_epsilon,
+        noise_multiplier=config.noise_multiplier,
+        delta=config.delta,
+        max_grad_norm=config.max_grad_norm,
+        accountant=config.accountant,
+        physical_batch_size=config.physical_batch_size,
+        grad_sample_mode=config.resolved_grad_sample_mode,
+        clipping=config.clipping,
+        target_unclipped_quantile=config.target_unclipped_quantile,
+        noise_allocation=config.noise_allocation,
+    )
+
+
+def _prepare_images(
+    config: RunConfig,
+    dataset: ImageDataset,
+    model: torch.nn.Module,
+    model_init: str,
+    log: Callable[[str], None],
+) -> Prepared:
     image_size = config.resolved_image_size
-    dataset = load_dataset(
-        config.dataset,
-        image_size=image_size,
-        data_root=config.data_root,
-        val_fraction=config.val_fraction,
-        max_images=config.max_images,
-        seed=config.seed,
-    )
-    model, model_init = build_model(
-        config.model, weights=config.weights, image_size=config.input_size
-    )
     trained_at = f", trained at {config.input_size}px" if config.input_size != image_size else ""
     log(
         f"{config.dataset} {image_size}px{trained_at}: "

@@ -18,39 +18,39 @@ def test_real_kermany_counts_and_patient_grouped_validation(real_data):
 
 
 def test_decoded_once_then_read_from_cache(kermany_root, monkeypatch):
-    first = cx.load_chest_xray(kermany_root, 16)
+    first = cx.list_chest_xray(kermany_root, 16).splits()
 
     def fail(*_):
         raise AssertionError("the cache was not used")
 
     monkeypatch.setattr(cx, "read_grey", fail)
-    again = cx.load_chest_xray(kermany_root, 16)
+    again = cx.list_chest_xray(kermany_root, 16).splits()
     assert np.array_equal(first["train"].images, again["train"].images)
     with pytest.raises(AssertionError, match="cache was not used"):
-        cx.load_chest_xray(kermany_root, 20)  # another size is another cache entry
+        cx.list_chest_xray(kermany_root, 20).splits()  # another size is another cache entry
 
 
 def test_changed_file_invalidates_the_cache(kermany_root):
-    before = cx.load_chest_xray(kermany_root, 16)["train"].images
+    before = cx.list_chest_xray(kermany_root, 16).splits()["train"].images
     victim = sorted((kermany_root / "chest_xray/train/NORMAL").iterdir())[0]
     from PIL import Image
 
     Image.new("L", (40, 40), color=255).save(victim, format="JPEG")
-    after = cx.load_chest_xray(kermany_root, 16)["train"].images
+    after = cx.list_chest_xray(kermany_root, 16).splits()["train"].images
     assert not np.array_equal(before, after)
     assert after[0].min() > 240
 
 
 def test_layout_errors(tmp_path, kermany_root):
     with pytest.raises(DataError, match="no chest_xray/ folder"):
-        cx.load_chest_xray(tmp_path, 16)
+        cx.list_chest_xray(tmp_path, 16).splits()
     (kermany_root / "chest_xray/test/NORMAL").rename(kermany_root / "elsewhere")
     with pytest.raises(DataError, match="missing folder .*test/NORMAL"):
-        cx.load_chest_xray(kermany_root, 16)
+        cx.list_chest_xray(kermany_root, 16).splits()
 
 
 def test_corrupt_image_is_named(kermany_root):
     bad = kermany_root / "chest_xray/train/PNEUMONIA/person9_virus_99.jpeg"
     bad.write_bytes(b"not a jpeg at all")
     with pytest.raises(DataError, match="cannot read image .*person9_virus_99.jpeg"):
-        cx.load_chest_xray(kermany_root, 16)
+        cx.list_chest_xray(kermany_root, 16).splits()

@@ -37,13 +37,13 @@ def _fake_npz(path, keys=("train", "val", "test")):
 def test_npz_without_expected_keys(tmp_path):
     _fake_npz(tmp_path / pm.FILENAME, keys=("train", "test"))
     with pytest.raises(DataError, match="lacks the keys val_images, val_labels"):
-        pm.load_pneumoniamnist(tmp_path)
+        pm.list_pneumoniamnist(tmp_path).splits()
 
 
 def test_npz_that_is_not_an_npz(tmp_path):
     (tmp_path / pm.FILENAME).write_bytes(b"garbage")
     with pytest.raises(DataError, match="cannot read .* as an npz"):
-        pm.load_pneumoniamnist(tmp_path)
+        pm.list_pneumoniamnist(tmp_path).splits()
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_download_checks_md5_then_loads(tmp_path, http_server, monkeypatch):
     monkeypatch.setattr(pm, "URL", f"{url}/pneumoniamnist.npz")
     monkeypatch.setattr(pm, "MD5", md5)
     root = tmp_path / "root"
-    splits = pm.load_pneumoniamnist(root)
+    splits = pm.list_pneumoniamnist(root).splits()
     assert (root / pm.FILENAME).read_bytes() == source.read_bytes()
     assert len(splits["val"]) == 10
 

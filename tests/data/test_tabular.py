@@ -106,7 +106,7 @@ def test_bounds_read_from_the_data_warn_and_strict_refuses(tmp_path):
             "'weight' is not a column",
         ),
         (ROWS, dict(SCHEMA, features=[{"name": "age", "lower": 5, "upper": 5}]), "lower < upper"),
-        (ROWS, dict(SCHEMA, features=[{"name": "age", "lower": "0", "upper": 9}]), "not a number"),
+        (ROWS, dict(SCHEMA, features=[{"name": "age", "lower": "0", "upper": 9}]), "not a finite"),
         (
             ROWS,
             dict(SCHEMA, features=[{"name": "age", "type": "text"}]),

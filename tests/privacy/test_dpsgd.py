@@ -25,6 +25,7 @@ from dpmed.privacy.dpsgd import (
     epsilon_after,
 )
 from dpmed.train.loop import TrainSettings, _average_copies, _losses, fit, random_affine
+from tests.train.helpers import assert_trained_alike, flat
 
 
 def _google_epsilon(sigma: float, q: float, steps: int, delta: float, relation) -> float:
@@ -121,6 +122,12 @@ def _toy(n=256, seed=0):
     return images.astype(np.float16), labels
 
 
+def _initial(model="small-cnn") -> nn.Module:
+    """The model every _dp_fit starts from: a name for build_model, or a factory."""
+    torch.manual_seed(0)
+    return build_model(model)[0] if isinstance(model, str) else model()
+
+
 def _dp_fit(
     tmp_path,
     *,
@@ -135,8 +142,7 @@ def _dp_fit(
     mode="hooks",
     **settings,
 ):
-    torch.manual_seed(0)
-    model = build_model(model)[0] if isinstance(model, str) else model()
+    model = _initial(model)
     data = data or {"train": _toy(), "val": _toy(64, 1), "test": _toy(64, 2)}
     dp = DPSGD(
         noise_multiplier=sigma,
@@ -167,8 +173,7 @@ def test_physical_chunks_do_not_change_the_result(tmp_path, noise_key):
     whole, dp_whole, _ = _dp_fit(tmp_path, sigma=0.0)
     chunked, dp_chunked, _ = _dp_fit(tmp_path, sigma=0.0, physical=13)
     assert dp_whole.steps == dp_chunked.steps
-    for a, b in zip(whole.parameters(), chunked.parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
+    assert_trained_alike(flat(_initial()), whole, chunked)
 
 
 def _rows(n=64, seed=0):
@@ -199,8 +204,7 @@ def test_faster_modes_train_the_same_model_as_hooks(tmp_path, noise_key, mode, s
         for mode in ("hooks", mode)
     }
     (hooks, dp_hooks, _), (other, dp_other, _) = fits.values()
-    for a, b in zip(hooks.parameters(), other.parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
+    assert_trained_alike(flat(_initial(setup["model"])), hooks, other)
     assert dp_other.accountant.history == dp_hooks.accountant.history
     assert dp_other.steps == dp_hooks.steps == round(1 / dp_hooks.sample_rate)
 
@@ -407,5 +411,4 @@ def test_identical_copies_take_the_same_dp_steps_as_one(tmp_path, noise_key):
     (no noise, chunked). Without the average each image would count twice."""
     one, _, _ = _dp_fit(tmp_path, sigma=0.0, physical=13)
     two, _, _ = _dp_fit(tmp_path, sigma=0.0, physical=13, augment_multiplicity=2)
-    for a, b in zip(one.parameters(), two.parameters(), strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
+    assert_trained_alike(flat(_initial()), one, two)

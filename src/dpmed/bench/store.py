@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dpmed.bench.sweep import PlannedRun
+from dpmed.errors import DataError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -42,13 +43,28 @@ CREATE TABLE IF NOT EXISTS epochs (
 """
 
 
+TABLES = {"runs", "epochs"}
+
+
 class ResultsStore:
-    def __init__(self, path: Path) -> None:
+    """The database at `path`, created when absent. `read_only` (for readers such as the
+    report) never writes it nor creates a file beside it, and needs dpmed's tables.
+    A file that is not SQLite, or a SQLite database of other tables, is refused."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None)  # explicit transactions
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        self.db = _connect(path, read_only=read_only)
+        if not read_only:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+
+    @staticmethod
+    def check(path: Path) -> None:
+        """Refuse `path` before any work unless it is absent, empty or a dpmed results
+        database; nothing is written."""
+        if path.exists() and path.stat().st_size:
+            ResultsStore(path, read_only=True).close()
 
     def close(self) -> None:
         self.db.close()
@@ -136,3 +152,36 @@ class ResultsStore:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+
+def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    """A connection to `path`; a DataError unless it is SQLite holding dpmed's tables (or,
+    opened to write, no tables yet)."""
+    db = None
+    try:
+        if read_only:
+            db = sqlite3.connect(_read_only_uri(path), uri=True)
+        else:
+            db = sqlite3.connect(path, isolation_level=None)  # explicit transactions
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        if db:
+            db.close()
+        raise DataError(
+            f"{path} is not a SQLite database ({exc}); move it away or choose another folder"
+        ) from None
+    if (tables or read_only) and not TABLES.issubset(tables):
+        db.close()
+        raise DataError(
+            f"{path} is not a dpmed results database (tables: "
+            f"{', '.join(sorted(tables)) or 'none'}); move it away or choose another folder"
+        )
+    return db
+
+
+def _read_only_uri(path: Path) -> str:
+    """SQLite's URI for reading `path` without writing anything: `mode=ro`, and where no
+    writer holds it (no -wal file beside it) `immutable=1`, since a read-only connection to
+    a WAL database would otherwise create its -wal and -shm files."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    return uri if Path(f"{path}-wal").exists() else uri + "&immutable=1"

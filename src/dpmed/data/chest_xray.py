@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dpmed.data.images import ImageSplit, cached_arrays
+from dpmed.data.images import Listing, cached_arrays
 from dpmed.data.splits import patient_id
 from dpmed.errors import DataError
 from dpmed.progress import progress_bar
@@ -26,30 +26,27 @@ FOLDER = "chest_xray"
 CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "test")
 _EXTENSIONS = {".jpeg", ".jpg", ".png"}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: 16-bit PNGs scaled by their bit depth; images only
 
 
-def load_chest_xray(root: Path, image_size: int) -> dict[str, ImageSplit]:
-    """The official train and test splits at `image_size` x `image_size`, decoded once."""
+def list_chest_xray(root: Path, image_size: int) -> Listing:
+    """The official train and test splits at `image_size` x `image_size`: labels and
+    patient ids from the file names now, the images decoded once when asked for."""
     files = _scan(root)
     key = _cache_key(root / FOLDER, files, image_size)
+    chosen = {split: [(path, label) for path, label, s in files if s == split] for split in SPLITS}
 
     def decode() -> dict[str, np.ndarray]:
-        arrays = {}
-        for split in SPLITS:
-            chosen = [(path, label) for path, label, s in files if s == split]
-            arrays[f"{split}_images"] = _decode(root / FOLDER, chosen, image_size, split)
-            arrays[f"{split}_labels"] = np.array([label for _, label in chosen], dtype=np.int64)
-            arrays[f"{split}_patients"] = np.array([patient_id(Path(p).name) for p, _ in chosen])
-        return arrays
-
-    arrays = cached_arrays(f"chest-xray-{image_size}px-{key}", decode)
-    return {
-        split: ImageSplit(
-            arrays[f"{split}_images"], arrays[f"{split}_labels"], arrays[f"{split}_patients"]
+        return cached_arrays(
+            f"chest-xray-{image_size}px-{key}",
+            lambda: {s: _decode(root / FOLDER, chosen[s], image_size, s) for s in SPLITS},
         )
-        for split in SPLITS
-    }
+
+    return Listing(
+        labels={s: np.array([label for _, label in chosen[s]], dtype=np.int64) for s in SPLITS},
+        patients={s: np.array([patient_id(Path(p).name) for p, _ in chosen[s]]) for s in SPLITS},
+        decode=decode,
+    )
 
 
 def _scan(root: Path) -> list[tuple[str, int, str]]:
@@ -87,13 +84,22 @@ def _decode(base: Path, files: list[tuple[str, int]], size: int, split: str) -> 
 
 
 def read_grey(path: Path, size: int) -> np.ndarray:
-    """One image as a size x size uint8 grey-scale array; a DataError names a bad file."""
+    """One image as a size x size uint8 grey-scale array; a DataError names a bad file.
+    16-bit grey PNGs (common for X-rays) are scaled by their bit depth, v * 255 / 65535."""
     try:
         with Image.open(path) as image:
             image.draft("L", (size, size))  # JPEG: decode at a reduced scale when possible
-            grey = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+            grey = _eight_bit_grey(image).resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(grey, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(
             f"cannot read image {path}: {exc}; remove or replace the file and run again"
         ) from None
+
+
+def _eight_bit_grey(image: Image.Image) -> Image.Image:
+    """Pillow's "L" conversion clips 16-bit grey levels above 255 (an X-ray turns white)."""
+    if image.mode.startswith("I;16"):
+        levels = np.asarray(image).astype(np.float32) * np.float32(255 / 65535)
+        return Image.fromarray(np.round(levels).astype(np.uint8))
+    return image.convert("L")

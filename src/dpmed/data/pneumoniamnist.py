@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dpmed.data.images import ImageSplit, atomic_write
+from dpmed.data.images import Listing, atomic_write
 from dpmed.errors import DataError
 from dpmed.progress import make_progress
 
@@ -29,8 +29,9 @@ MD5 = "28209eda62fecd6e6a2d98b1501bb15f"
 _SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
-def load_pneumoniamnist(root: Path, image_size: int = 28) -> dict[str, ImageSplit]:
-    """The official splits, resized to `image_size` when it is not 28."""
+def list_pneumoniamnist(root: Path, image_size: int = 28) -> Listing:
+    """The official splits, their images and labels checked; resized to `image_size` when
+    it is not 28 and they are asked for."""
     path = root / FILENAME
     if not path.exists():
         download(URL, path, MD5)
@@ -52,21 +53,54 @@ def load_pneumoniamnist(root: Path, image_size: int = 28) -> dict[str, ImageSpli
         raise DataError(
             f"cannot read {path} as an npz file ({exc}); delete it to re-download"
         ) from None
-    splits = {}
-    for split in _SPLITS:
-        images = arrays[f"{split}_images"]
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise DataError(
-                f"{path}: {split}_images must be uint8 of shape (N, H, W), "
-                f"got {images.dtype} {images.shape}"
-            )
-        if image_size != images.shape[1]:
-            images = np.stack([_resize(image, image_size) for image in images])
-        labels = arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
-        # MedMNIST keeps no patient ids: every image counts as its own patient.
-        patients = np.array([f"{split}-{i}" for i in range(len(labels))])
-        splits[split] = ImageSplit(images, labels, patients)
-    return splits
+    images = {split: _images(arrays[f"{split}_images"], path, split) for split in _SPLITS}
+    labels = {
+        split: _labels(arrays[f"{split}_labels"], images[split], path, split) for split in _SPLITS
+    }
+
+    def decode() -> dict[str, np.ndarray]:
+        return {
+            split: x if x.shape[1] == image_size else np.stack([_resize(i, image_size) for i in x])
+            for split, x in images.items()
+        }
+
+    # MedMNIST keeps no patient ids: every image counts as its own patient.
+    patients = {
+        split: np.array([f"{split}-{i}" for i in range(len(labels[split]))]) for split in _SPLITS
+    }
+    return Listing(labels, patients, decode)
+
+
+def _images(images: np.ndarray, path: Path, split: str) -> np.ndarray:
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(
+            f"{path}: {split}_images must be uint8 of shape (N, H, W), "
+            f"got {images.dtype} {images.shape}"
+        )
+    return images
+
+
+def _labels(labels: np.ndarray, images: np.ndarray, path: Path, split: str) -> np.ndarray:
+    """One 0 (normal) or 1 (pneumonia) per image, shape (N,) or MedMNIST's (N, 1)."""
+    key = f"{split}_labels"
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        one_hot = labels.ndim == 2 and labels.shape[1] == 2
+        hint = "; one-hot labels? store the class index, labels.argmax(axis=1)" * one_hot
+        raise DataError(f"{path}: {key} must have shape (N,) or (N, 1), got {labels.shape}{hint}")
+    if len(labels) != len(images):
+        raise DataError(
+            f"{path}: {len(labels)} labels for {len(images)} images in {split}; "
+            "give one label per image"
+        )
+    valid = np.isin(labels, (0, 1))
+    if not valid.all():
+        raise DataError(
+            f"{path}: {key} must be 0 or 1 (normal, pneumonia), found "
+            f"{labels[~valid][0].item()!r} at index {np.flatnonzero(~valid)[0]}"
+        )
+    return labels.astype(np.int64)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:

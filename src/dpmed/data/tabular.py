@@ -23,6 +23,8 @@ each feature of a record moves by at most 1 when the record is replaced.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -34,6 +36,7 @@ import yaml
 from sklearn.model_selection import train_test_split
 
 from dpmed.errors import DataError
+from dpmed.files import read_text
 
 TABLES = ("breast-cancer", "csv")
 TEST_FRACTION = 0.2  # tables have no official test split: a seeded, stratified 20%
@@ -111,9 +114,7 @@ def _breast_cancer() -> tuple[np.ndarray, np.ndarray]:
 
 def _read_schema(path: Path) -> dict[str, Any]:
     try:
-        spec = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise DataError(f"cannot read schema {path}: {exc.strerror}") from None
+        spec = yaml.safe_load(read_text(path, "schema", DataError))
     except yaml.YAMLError:
         raise DataError(f"schema {path} is not valid YAML") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("features"), list):
@@ -125,6 +126,11 @@ def _read_schema(path: Path) -> dict[str, Any]:
             raise DataError(
                 f"schema {path} has no {key!r}: name the label column and its positive value"
             )
+    if not spec["features"]:
+        raise DataError(
+            f"schema {path} lists no features; give at least one, "
+            "e.g. {name: age, lower: 0, upper: 120}"
+        )
     unknown = sorted(set(spec) - {"label", "positive", "features", "bounds"})
     if unknown:
         raise DataError(
@@ -134,11 +140,7 @@ def _read_schema(path: Path) -> dict[str, Any]:
 
 
 def _read_csv(path: Path, spec: dict[str, Any], source: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise DataError(f"cannot read table {path}: {exc.strerror}") from None
+    rows = list(csv.DictReader(io.StringIO(read_text(path, "table", DataError))))
     if not rows:
         raise DataError(f"table {path} has no data rows")
     columns = set(rows[0])
@@ -148,6 +150,10 @@ def _read_csv(path: Path, spec: dict[str, Any], source: str) -> tuple[np.ndarray
             f"{source}: label column {label!r} is not in {path} (columns: {', '.join(rows[0])})"
         )
     names = [_feature_name(entry, source) for entry in spec["features"]]
+    if label in names:
+        raise DataError(
+            f"{source}: the label column {label!r} is listed as a feature; remove it from features"
+        )
     missing = [n for n in names if n not in columns]
     if missing:
         raise DataError(f"{source}: feature {missing[0]!r} is not a column of {path}")
@@ -162,13 +168,28 @@ def _read_csv(path: Path, spec: dict[str, Any], source: str) -> tuple[np.ndarray
                 ) from None
     if not np.isfinite(values).all():
         raise DataError(f"{path} holds NaN or infinite values; fill or drop them first")
-    labels = np.array([row[label] == str(spec["positive"]) for row in rows], dtype=np.int64)
+    labels = _binary_labels([row[label] or "" for row in rows], str(spec["positive"]), path, label)
     if labels.min() == labels.max():
         raise DataError(
             f"{path}: every {label!r} is {'' if labels[0] else 'not '}{spec['positive']!r}; "
             "check the schema's positive value"
         )
     return values, labels
+
+
+def _binary_labels(values: list[str], positive: str, path: Path, column: str) -> np.ndarray:
+    """1 where the label is `positive`, else 0; a missing label or a third distinct value
+    is refused (counting it as negative would silently mislabel those patients)."""
+    if "" in values:
+        raise DataError(f"{path} line {values.index('') + 2}: no {column!r}; fill or drop the row")
+    found = sorted(set(values))
+    if len(found) > 2:
+        shown = ", ".join(repr(v) for v in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise DataError(
+            f"{path}: {column!r} holds {len(found)} distinct values ({shown}); a binary label "
+            f"takes two, one of them {positive!r}: map or drop the others"
+        )
+    return np.array([value == positive for value in values], dtype=np.int64)
 
 
 def _feature_name(entry: Any, source: str) -> str:
@@ -231,8 +252,10 @@ def _features(
 
 def _number(entry: dict[str, Any], key: str, source: str) -> float:
     value = entry[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DataError(f"{source}: feature {entry['name']!r} has {key} {value!r}, not a number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(
+            f"{source}: feature {entry['name']!r} has {key} {value!r}, not a finite number"
+        )
     return float(value)
 
 

@@ -63,8 +63,9 @@ def calibrate_noise(
         low, high = high, 2 * high
         if high > MAX_NOISE_MULTIPLIER:
             raise ConfigError(
-                f"target epsilon {target_epsilon} is out of reach at delta {delta:g}: raise "
-                "it, or train on fewer steps"
+                f"target epsilon {target_epsilon:g} is out of reach at delta {delta:g} (it "
+                f"needs a noise multiplier above {MAX_NOISE_MULTIPLIER:,.0f}): raise "
+                "--target-epsilon, or take fewer steps (fewer --epochs, more training images)"
             )
     epsilon = spent(high)
     while target_epsilon - epsilon > 0.01 * target_epsilon:

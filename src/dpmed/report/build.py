@@ -27,7 +27,7 @@ def build_report(out: Path, tune: list[str] = ()) -> list[Path]:
     db = out / DB_NAME
     if not db.exists():
         raise ConfigError(f"no results database at {db}; run `dpmed bench ... --out {out}` first")
-    store = ResultsStore(db)
+    store = ResultsStore(db, read_only=True)  # a report never modifies its input
     try:
         runs = store.finished_runs()
         curves = {r["id"]: _accuracy_by_epoch(store.epochs(r["id"])) for r in runs}
