@@ -1,15 +1,18 @@
 """The sweep driver end to end on real data: resume after SIGKILL and SIGTERM, the sweep
 folder's lock, jobs, failures, Ray."""
 
+import contextlib
 import fcntl
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -191,14 +194,15 @@ def test_sigterm_stops_a_two_job_sweep_whole_and_a_resume_runs_each_run_once(
     tmp_path, real_data, private_cache, capsys
 ):
     """SIGTERM to the driver of a `--jobs 2` sweep once a run has finished: it stops with
-    143, no process of it is left (workers, their queue's manager), no run is recorded as
-    failed, no staging folder stays; a second bench into the folder meanwhile is refused.
-    The resume runs the rest and leaves the runs finished before untouched."""
+    143 at once (the 8-epoch run beside the first is not let finish), no process of it is
+    left (workers, their queue's manager), no run is recorded as failed, no staging folder
+    stays; a second bench into the folder meanwhile is refused. The resume runs the rest
+    and leaves the runs finished before untouched."""
     sweep = write_sweep(
         tmp_path / "s.yaml",
         data_root=str(real_data),
         max_images=100,
-        grid={"noise_scale": [0, 1, 2], "seed": [0]},
+        grid={"noise_scale": [0, 2], "epochs": [1, 8]},  # 1 and 8 epochs start together
     )
     out = tmp_path / "out"
     args = [str(sweep), "--out", str(out), "--threads-per-run", "1"]
@@ -229,17 +233,25 @@ def test_sigterm_stops_a_two_job_sweep_whole_and_a_resume_runs_each_run_once(
     runs, _ = _db(out)
     assert {status for _, status, _ in runs} <= {"finished", "running", "pending"}
     before = _times(out)
-    assert 1 <= len(before) < 3
-    assert not list((out / "runs").glob(".*.partial"))
+    assert 1 <= len(before) < 4
+    assert {p.name for p in (out / "runs").iterdir()} == set(before)  # no staging either
 
     assert cli.main(["bench", *args, "--jobs", "1", "--quiet"]) == 0  # the resume
-    assert f"{len(before)} of 3 runs finished before; running {3 - len(before)}" in (
+    assert f"{len(before)} of 4 runs finished before; running {4 - len(before)}" in (
         capsys.readouterr().out
     )
     runs, epochs = _db(out)
-    assert len(runs) == 3 and {status for _, status, _ in runs} == {"finished"}
-    assert epochs == {run_id: 2 * 3 * 5 for run_id, _, _ in runs}  # epochs x splits x metrics
+    assert len(runs) == 4 and {status for _, status, _ in runs} == {"finished"}
+    assert epochs == {run_id: 3 * 5 * n for run_id, n in _epochs(out).items()}  # splits, metrics
     assert {run_id: times for run_id, times in _times(out).items() if run_id in before} == before
+
+
+def _epochs(out):
+    """The planned epochs of each run."""
+    db = sqlite3.connect(out / "results.db")
+    rows = db.execute("SELECT id, json_extract(config, '$.epochs') FROM runs").fetchall()
+    db.close()
+    return dict(rows)
 
 
 def _times(out):
@@ -286,3 +298,50 @@ def test_stopping_a_one_job_sweep_stops_its_run_thread_at_once(tmp_path, real_da
     assert isinstance(future.exception(timeout=0), RunStopped)
     assert ("epoch", "r", 1000) not in events + executor.drain()
     assert not folder.exists() and not staging_folder(folder).exists()
+
+
+PARENT = """
+from pathlib import Path
+from dpmed.bench.executors import make_executor
+executor = make_executor("local", jobs=2, threads=1)
+futures = [executor.submit(str(i), {}, Path("none")) for i in range(2)]
+print("ready", flush=True)
+input()
+"""
+
+
+def _ignores_sigterm(pid):
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", status).group(1), 16)
+    return bool(ignored >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_driver_killed_alone():
+    """SIGKILL to the driver only (not its process group), once its workers are set up
+    (they ignore SIGTERM): they and their queue's manager die with it, so none can go on
+    with a queued run behind a resume's back."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT],
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout.readline() == "ready\n"
+
+        def set_up():  # the workers, the manager and the resource tracker
+            others = [pid for pid in live_processes(parent.pid) if pid != parent.pid]
+            return len(others) >= 4 and all(map(_ignores_sigterm, others))
+
+        wait_until(set_up, 60, "the workers to start")
+        parent.kill()
+        parent.wait()
+        wait_until(lambda: not live_processes(parent.pid), 10, "the workers to die")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
