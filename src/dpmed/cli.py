@@ -7,10 +7,13 @@ Bad input ends in one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
@@ -286,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from dpmed.bench.driver import DB_NAME, run_sweep
+    from dpmed.bench.driver import DB_NAME, run_sweep, sweep_lock
     from dpmed.bench.executors import make_executor
     from dpmed.bench.store import ResultsStore
     from dpmed.bench.sweep import load_sweep
@@ -298,11 +301,12 @@ def _bench(args: argparse.Namespace) -> int:
     check_output_folder(out)
     ResultsStore.check(out / DB_NAME)
     jobs = min(os.cpu_count() or 1, len(runs)) if args.jobs is None else args.jobs
-    executor = make_executor(
-        args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address
-    )
-    print(f"{sweep.name}: {len(runs)} runs, {jobs} at a time. {sweep.description}".strip())
-    counts = run_sweep(runs, out, executor, jobs=jobs, retry_failed=args.retry_failed)
+    with sweep_lock(out):  # taken before any worker starts
+        executor = make_executor(
+            args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address
+        )
+        print(f"{sweep.name}: {len(runs)} runs, {jobs} at a time. {sweep.description}".strip())
+        counts = run_sweep(runs, out, executor, jobs=jobs, retry_failed=args.retry_failed)
     store = ResultsStore(out / DB_NAME)
     finished = [r for r in store.finished_runs() if r["id"] in {p.id for p in runs}]
     store.close()
@@ -375,6 +379,33 @@ def _privacy(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that it takes the same way out:
+    a run removes its staging folder, a sweep stops its workers."""
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> typing.NoReturn:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> typing.Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+AFTER_INTERRUPT = {
+    "run": "; no run folder was written: run it again",
+    "bench": "; finished runs are kept: run the same command again to resume the sweep",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:
@@ -383,15 +414,17 @@ def main(argv: list[str] | None = None) -> int:
         from dpmed.privacy import secret
 
         secret.use_key_file(getattr(args, "noise_key", None))
-        return {"run": _run, "bench": _bench, "report": _report, "privacy": _privacy}[args.command](
-            args
-        )
+        command = {"run": _run, "bench": _bench, "report": _report, "privacy": _privacy}
+        with _sigterm_as_interrupt():
+            return command[args.command](args)
     except DpmedError as exc:
         print(f"dpmed {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # exit codes as a shell gives: 128 + the signal
+        name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("SIGINT", 130)
+        after = AFTER_INTERRUPT.get(args.command, "")
+        print(f"dpmed {args.command}: stopped by {name}{after}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

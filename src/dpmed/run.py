@@ -109,7 +109,7 @@ def run_experiment(
     elif config.technique != "diffprivlib":
         log(f"privacy: {privacy['description']}")
 
-    staging = out.parent / f".{out.name}.partial"
+    staging = staging_folder(out)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -195,6 +195,14 @@ def run_experiment(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return RunResult(summary, records)
+
+
+def staging_folder(out: Path) -> Path:
+    """The hidden folder beside `out` where a run is built before it is renamed to `out`.
+    Any exception (Ctrl-C, and SIGTERM in the CLI) removes it; after a SIGKILL it stays
+    until the next run into the same `out` (a sweep's resume, say) replaces it, and may be
+    deleted by hand when no dpmed run is writing `out`."""
+    return out.parent / f".{out.name}.partial"
 
 
 def _plan_dpsgd(config: RunConfig, model: Any, n_train: int) -> DPSGD | None:

@@ -1,13 +1,21 @@
 """The sweep driver: plan runs, hand them to an executor, record results, show progress.
 
-Only the driver writes `<out>/results.db`. Running the same sweep again skips finished
-runs and re-runs interrupted ones (and failed ones with `retry_failed`).
+Only the driver writes `<out>/results.db`, holding a lock on `<out>` for the sweep's life
+(a second sweep into the same folder is refused). Running the same sweep again skips
+finished runs and re-runs interrupted ones (and failed ones with `retry_failed`). A sweep
+stopped by an exception (Ctrl-C, or SIGTERM turned into one by the CLI) stops its workers
+and records nothing more: the runs in progress are still `running` and run again on resume.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +25,12 @@ from rich.table import Table
 from dpmed.bench.executors import Executor
 from dpmed.bench.store import ResultsStore
 from dpmed.bench.sweep import PlannedRun
+from dpmed.errors import ConfigError
 from dpmed.progress import live_display
 
 DB_NAME = "results.db"
+LOCK_NAME = ".dpmed-bench.lock"
+_held: set[Path] = set()  # sweep folders this process holds the lock of
 
 
 @dataclass
@@ -65,22 +76,54 @@ def run_sweep(
     log=print,
 ) -> dict[str, int]:
     """Run every run not finished yet; return the database's status counts."""
+    with sweep_lock(out):
+        store = ResultsStore(out / DB_NAME)
+        try:
+            store.plan(runs)
+            status = store.status(r.id for r in runs)
+            redo = {"pending", "running"} | ({"failed"} if retry_failed else set())
+            todo = [r for r in runs if status[r.id] in redo]
+            progress = SweepProgress(total=len(runs), skipped=len(runs) - len(todo), jobs=jobs)
+            if finished_before := sum(1 for r in runs if status[r.id] == "finished"):
+                log(f"{finished_before} of {len(runs)} runs finished before; running {len(todo)}")
+            if failed_left := progress.skipped - finished_before:
+                log(f"{failed_left} failed run(s) left as they are; --retry-failed runs them again")
+            _drive(todo, out, executor, store, progress, log)
+            return store.counts()
+        finally:
+            store.close()
+
+
+@contextlib.contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """Hold the sweep folder `out` (created if needed) for this process; reentrant.
+
+    An flock on `<out>/.dpmed-bench.lock`: the kernel releases it when the process dies,
+    however it dies, so a resume after a crash or SIGKILL is never refused.
+    """
+    key = out.resolve()
+    if key in _held:
+        yield
+        return
     out.mkdir(parents=True, exist_ok=True)
-    store = ResultsStore(out / DB_NAME)
-    try:
-        store.plan(runs)
-        status = store.status(r.id for r in runs)
-        redo = {"pending", "running"} | ({"failed"} if retry_failed else set())
-        todo = [r for r in runs if status[r.id] in redo]
-        progress = SweepProgress(total=len(runs), skipped=len(runs) - len(todo), jobs=jobs)
-        if finished_before := sum(1 for r in runs if status[r.id] == "finished"):
-            log(f"{finished_before} of {len(runs)} runs finished before; running {len(todo)}")
-        if failed_left := progress.skipped - finished_before:
-            log(f"{failed_left} failed run(s) left as they are; --retry-failed runs them again")
-        _drive(todo, out, executor, store, progress, log)
-        return store.counts()
-    finally:
-        store.close()
+    with open(out / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "unknown"
+            raise ConfigError(
+                f"another dpmed bench (pid {pid}) is running into {out}; wait for it to end "
+                f"or stop it (kill {pid}), then run this command again to resume"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)
 
 
 def _drive(
@@ -92,11 +135,11 @@ def _drive(
     log,
 ) -> None:
     names = {r.id: r.name for r in todo}
-    futures = {executor.submit(r.id, r.config.to_dict(), out / "runs" / r.id): r for r in todo}
     started: dict[str, float] = {}
-    cancel = True
+    stop = True
     with live_display(progress.render()) as live:
         try:
+            futures = {executor.submit(r.id, r.config.to_dict(), _folder(out, r)): r for r in todo}
             pending = set(futures)
             while pending:
                 finished, pending = concurrent.futures.wait(pending, timeout=0.25)
@@ -106,9 +149,22 @@ def _drive(
                     run = futures[future]
                     _record(run, _outcome(future), store, progress, started, log)
                 live.update(progress.render())
-            cancel = False
+            stop = False
         finally:
-            executor.shutdown(cancel)
+            executor.shutdown(stop)
+            if stop:  # the stopped runs' workers are gone: remove their staging folders
+                _remove_staging(out, todo)
+
+
+def _folder(out: Path, run: PlannedRun) -> Path:
+    return out / "runs" / run.id
+
+
+def _remove_staging(out: Path, runs: list[PlannedRun]) -> None:
+    from dpmed.run import staging_folder
+
+    for run in runs:
+        shutil.rmtree(staging_folder(_folder(out, run)), ignore_errors=True)
 
 
 def _on_event(kind, run_id, value, names, store, progress, started) -> None:
