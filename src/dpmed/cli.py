@@ -290,7 +290,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from dpmed.bench.driver import DB_NAME, run_sweep, sweep_lock
-    from dpmed.bench.executors import make_executor
+    from dpmed.bench.executors import check_executor, make_executor
     from dpmed.bench.store import ResultsStore
     from dpmed.bench.sweep import load_sweep
     from dpmed.report.tables import group_runs, is_paper_grid, markdown, paper_table, summary_table
@@ -301,6 +301,7 @@ def _bench(args: argparse.Namespace) -> int:
     check_output_folder(out)
     ResultsStore.check(out / DB_NAME)
     jobs = min(os.cpu_count() or 1, len(runs)) if args.jobs is None else args.jobs
+    check_executor(args.executor, jobs=jobs, threads=args.threads_per_run)
     with sweep_lock(out):  # taken before any worker starts
         executor = make_executor(
             args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address

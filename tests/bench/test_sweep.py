@@ -8,7 +8,8 @@ from dpmed.errors import ConfigError
 def test_presets_ship_with_the_package():
     assert {"paper", "paper-quick"} <= set(preset_names())
     quick = load_sweep("paper-quick")
-    assert [r.config.noise_scale for r in quick.runs()] == [0, 1, 2, 4]
+    runs = [(r.config.noise_scale, r.config.seed) for r in quick.runs()]
+    assert sorted(runs) == [(b, seed) for b in (0, 1, 2, 4) for seed in (0, 1, 2)]
 
 
 def test_grid_expands_every_combination_with_stable_ids():

@@ -86,14 +86,19 @@ class Executor:
                 return found
 
 
-def make_executor(
-    kind: str, *, jobs: int, threads: int | None, address: str | None = None
-) -> Executor:
-    """`jobs` runs at a time, each with `threads` torch threads (default: cores / jobs)."""
+def check_executor(kind: str, *, jobs: int, threads: int | None) -> None:
+    """A ConfigError for an unknown executor or a job or thread count below one."""
     if kind not in EXECUTORS:
         raise ConfigError(f"unknown executor {kind!r}; choose one of: {', '.join(EXECUTORS)}")
     if jobs < 1 or (threads is not None and threads < 1):
         raise ConfigError("--jobs and --threads-per-run must be positive integers")
+
+
+def make_executor(
+    kind: str, *, jobs: int, threads: int | None, address: str | None = None
+) -> Executor:
+    """`jobs` runs at a time, each with `threads` torch threads (default: cores / jobs)."""
+    check_executor(kind, jobs=jobs, threads=threads)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     if kind == "ray":
         return _ray_executor(jobs, threads, address)
