@@ -218,11 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="write report.md, report.html and results.csv for a sweep",
-        description="Summarise a sweep's results database: tables (Table 1 beside the paper's "
-        "when the sweep is the paper grid), learning curves, the privacy-utility frontier.",
+        help="write report.md, report.html and results.csv for sweeps or runs",
+        description="Summarise sweeps' results databases or run folders: provenance, tables "
+        "(Table 1 beside the paper's when the sweep is the paper grid), the privacy guarantee, "
+        "learning curves, the privacy-utility frontier. Example: dpmed report runs/a runs/b "
+        "--out runs/a-vs-b",
     )
-    report.add_argument("out", type=Path, help="the sweep's output folder (holding results.db)")
+    report.add_argument(
+        "folders",
+        type=Path,
+        nargs="+",
+        metavar="FOLDER",
+        help="a sweep's output folder (holding results.db) or a run folder (holding "
+        "summary.json); several make one comparison (needs --out)",
+    )
+    report.add_argument(
+        "--out", type=Path, help="folder for the report (default: the one FOLDER given)"
+    )
     report.add_argument(
         "--tune",
         type=lambda text: [key.strip() for key in text.split(",") if key.strip()],
@@ -289,6 +301,7 @@ def _bench(args: argparse.Namespace) -> int:
     from dpmed.bench.executors import make_executor
     from dpmed.bench.store import ResultsStore
     from dpmed.bench.sweep import load_sweep
+    from dpmed.provenance import record_sweep
     from dpmed.report.tables import group_runs, is_paper_grid, markdown, paper_table, summary_table
 
     sweep = load_sweep(args.sweep)
@@ -298,6 +311,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address
     )
     out = args.out or Path("runs") / sweep.name
+    record_sweep(out, name=sweep.name, description=sweep.description, argv=args.argv)
     print(f"{sweep.name}: {len(runs)} runs, {jobs} at a time. {sweep.description}".strip())
     counts = run_sweep(runs, out, executor, jobs=jobs, retry_failed=args.retry_failed)
     store = ResultsStore(out / DB_NAME)
@@ -322,7 +336,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from dpmed.report.build import build_report
 
-    for path in build_report(args.out, args.tune):
+    for path in build_report(args.folders, args.tune, out=args.out):
         print(f"wrote {path}")
     return 0
 
@@ -373,7 +387,9 @@ def _privacy(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command, for the report's provenance
     if args.quiet:
         quiet()
     try:
