@@ -1,5 +1,6 @@
 """`dpmed run` and `dpmed bench` end to end, and every bad input as a one-line error."""
 
+import csv
 import json
 import re
 import sqlite3
@@ -435,3 +436,37 @@ def test_dp_sgd_run_spends_at_most_its_target_and_learns(real_data, tmp_path):
     assert "noise_scale" not in privacy and "release_sha256" not in privacy  # no input noise
     assert summary["train"] is None and "train_accuracy" not in (out / "metrics.csv").read_text()
     assert summary["test"]["roc_auc"] > 0.75
+
+
+def test_privacy_plans_dp_sgd_both_ways_as_a_training_run_accounts(real_data, tmp_path, capsys):
+    """`dpmed privacy --mechanism dp-sgd` gives the noise multiplier a training calibrates
+    and the epsilon its accountant spends, from N, batch, epochs and delta alone; the
+    training's metrics.csv states the accountant's epsilon after every epoch."""
+    out = tmp_path / "dp"
+    train = ["--technique", "dp-sgd", "--model", "small-cnn", "--batch-size", "20"]
+    train += ["--epochs", "2", "--optimizer", "sgd", "--target-epsilon", "2"]
+    data = ["--dataset", "pneumoniamnist", "--data-root", str(real_data), "--max-images", "40"]
+    assert cli.main(["run", *train, *data, "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    spent = summary["privacy"]
+    capsys.readouterr()
+    plan = ["privacy", "--mechanism", "dp-sgd", "--n-train", str(summary["images"]["train"])]
+    plan += ["--batch-size", "20", "--epochs", "2", "--json"]
+    assert cli.main([*plan, "--target-epsilon", "2"]) == 0
+    calibrated = json.loads(capsys.readouterr().out)
+    assert calibrated["noise_multiplier"] == spent["noise_multiplier"]
+    assert calibrated["steps"] == spent["steps"] and calibrated["delta"] == spent["delta"]
+    assert calibrated["epsilon_per_image"] == pytest.approx(spent["epsilon"], rel=1e-9)
+    assert cli.main([*plan, "--noise-multiplier", str(spent["noise_multiplier"])]) == 0
+    forward = json.loads(capsys.readouterr().out)
+    assert forward["epsilon_per_image"] == pytest.approx(spent["epsilon"], rel=1e-9)
+    assert cli.main([*plan, "--noise-multiplier", "4"]) == 0  # more noise: less epsilon
+    assert json.loads(capsys.readouterr().out)["epsilon_per_image"] < spent["epsilon"]
+    with open(out / "metrics.csv") as handle:
+        per_epoch = [float(row["epsilon_per_image"]) for row in csv.DictReader(handle)]
+    assert per_epoch[0] < per_epoch[1] == pytest.approx(spent["epsilon"], rel=1e-9)
+
+
+def test_privacy_dp_sgd_needs_the_training_set_size(capsys):
+    argv = ["privacy", "--mechanism", "dp-sgd", "--target-epsilon", "2"]
+    assert "give --n-train" in _fail(argv, capsys)

@@ -92,6 +92,9 @@ PRIVACY_FLAGS = (
     "snapping",
     "weight_floor",
     "image_size",
+    "noise_multiplier",
+    "batch_size",
+    "epochs",
 )
 
 
@@ -250,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the guarantee of a noise setting, per pixel, image and patient",
         description="Print the privacy guarantee of an input-noise setting at every unit, "
         "from a noise scale (--noise-scale) or calibrated to a target (--target-epsilon "
-        "per --unit). Nothing is read or trained.",
+        "per --unit); or plan DP-SGD with the accountant training uses: the noise multiplier "
+        "for a --target-epsilon, or the epsilon of a --noise-multiplier, from --n-train, "
+        "--batch-size, --epochs and --delta. Nothing is read or trained. Examples: "
+        "dpmed privacy --mechanism laplace --noise-scale 2 --image-size 28; "
+        "dpmed privacy --mechanism dp-sgd --n-train 4708 --batch-size 256 --epochs 5 "
+        "--target-epsilon 2",
     )
     privacy.add_argument(
         "--mechanism",
@@ -264,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INT",
         help="k, the most images of one patient, for the patient unit (default: unknown, so "
         "no patient guarantee)",
+    )
+    privacy.add_argument(
+        "--n-train",
+        type=_number(int),
+        metavar="INT",
+        help="dp-sgd: the number of training images (or records), N",
     )
     privacy.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_config_flags(privacy, only=PRIVACY_FLAGS)
@@ -345,6 +359,8 @@ def _privacy(args: argparse.Namespace) -> int:
     from dpmed.privacy import Unit
     from dpmed.privacy.accounting import account
 
+    if args.technique == "dp-sgd":
+        return _privacy_dpsgd(args)
     if args.image_size is None:
         raise DpmedError("give --image-size, the side of the square images in pixels")
     if args.images_per_patient is not None and args.images_per_patient < 1:
@@ -383,6 +399,70 @@ def _privacy(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     print(f"accounting: {report.headline.accounting}")
     print("assumptions:\n" + "\n".join(f"  - {a}" for a in report.headline.assumptions))
+    return 0
+
+
+def _privacy_dpsgd(args: argparse.Namespace) -> int:
+    """DP-SGD planned with plan_dpsgd, the call training makes: the noise multiplier for a
+    target epsilon or the epsilon of a noise multiplier, and per patient by group privacy."""
+    from dpmed.privacy.dpsgd import epsilon_after, group_privacy, plan_dpsgd, steps_for
+
+    if args.n_train is None or args.n_train < 1:
+        raise DpmedError("dp-sgd: give --n-train N, the number of training images (>= 1)")
+    if args.images_per_patient is not None and args.images_per_patient < 1:
+        raise DpmedError(f"images_per_patient must be >= 1, got {args.images_per_patient}")
+    config = RunConfig.from_mapping(_overrides(args) | {"model": "small-cnn"}, source="flags")
+    dp = plan_dpsgd(
+        n_train=args.n_train,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        target_epsilon=config.target_epsilon,
+        noise_multiplier=config.noise_multiplier,
+        delta=config.delta,
+        max_grad_norm=config.max_grad_norm,
+        accountant=config.accountant,
+        physical_batch_size=None,
+    )
+    steps = steps_for(config.epochs, dp.sample_rate)
+    epsilon = epsilon_after(
+        noise_multiplier=dp.noise_multiplier,
+        sample_rate=dp.sample_rate,
+        steps=steps,
+        delta=dp.delta,
+    )
+    k = args.images_per_patient
+    patient = group_privacy(epsilon, dp.delta, k) if k else (None, None)
+    plan = {
+        "mechanism": "dp-sgd",
+        "n_train": args.n_train,
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "sample_rate": dp.sample_rate,
+        "steps": steps,
+        "noise_multiplier": dp.noise_multiplier,
+        "target_epsilon": config.target_epsilon,
+        "epsilon_per_image": epsilon,
+        "delta": dp.delta,
+        "images_per_patient": k,
+        "epsilon_per_patient": patient[0],
+        "delta_per_patient": patient[1],
+        "accountant": "replace-one PLD (dp-accounting), as in training",
+        "adjacency": "replace-one",
+    }
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    print(
+        f"DP-SGD on {args.n_train:,} training images, batch {config.batch_size} (sample rate "
+        f"{dp.sample_rate:.4g}), {config.epochs} epochs = {steps} steps: noise multiplier "
+        f"{dp.noise_multiplier:.6g}"
+        + (f", calibrated to epsilon {config.target_epsilon:g}" if config.target_epsilon else "")
+    )
+    print(f"epsilon per image {epsilon:.6g} at delta {dp.delta:.3g} (replace-one PLD accountant)")
+    if k:
+        print(f"epsilon per patient of up to {k} images {patient[0]:.6g}, delta {patient[1]:.3g}")
+    else:
+        print("epsilon per patient: unknown (give --images-per-patient k)")
     return 0
 
 
