@@ -405,62 +405,36 @@ def _privacy(args: argparse.Namespace) -> int:
 def _privacy_dpsgd(args: argparse.Namespace) -> int:
     """DP-SGD planned with plan_dpsgd, the call training makes: the noise multiplier for a
     target epsilon or the epsilon of a noise multiplier, and per patient by group privacy."""
-    from dpmed.privacy.dpsgd import epsilon_after, group_privacy, plan_dpsgd, steps_for
+    from dpmed.privacy.dpsgd import dpsgd_plan
 
     if args.n_train is None or args.n_train < 1:
         raise DpmedError("dp-sgd: give --n-train N, the number of training images (>= 1)")
-    if args.images_per_patient is not None and args.images_per_patient < 1:
-        raise DpmedError(f"images_per_patient must be >= 1, got {args.images_per_patient}")
     config = RunConfig.from_mapping(_overrides(args) | {"model": "small-cnn"}, source="flags")
-    dp = plan_dpsgd(
+    plan = dpsgd_plan(
         n_train=args.n_train,
         batch_size=config.batch_size,
         epochs=config.epochs,
         target_epsilon=config.target_epsilon,
         noise_multiplier=config.noise_multiplier,
         delta=config.delta,
-        max_grad_norm=config.max_grad_norm,
-        accountant=config.accountant,
-        physical_batch_size=None,
+        images_per_patient=args.images_per_patient,
     )
-    steps = steps_for(config.epochs, dp.sample_rate)
-    epsilon = epsilon_after(
-        noise_multiplier=dp.noise_multiplier,
-        sample_rate=dp.sample_rate,
-        steps=steps,
-        delta=dp.delta,
-    )
-    k = args.images_per_patient
-    patient = group_privacy(epsilon, dp.delta, k) if k else (None, None)
-    plan = {
-        "mechanism": "dp-sgd",
-        "n_train": args.n_train,
-        "batch_size": config.batch_size,
-        "epochs": config.epochs,
-        "sample_rate": dp.sample_rate,
-        "steps": steps,
-        "noise_multiplier": dp.noise_multiplier,
-        "target_epsilon": config.target_epsilon,
-        "epsilon_per_image": epsilon,
-        "delta": dp.delta,
-        "images_per_patient": k,
-        "epsilon_per_patient": patient[0],
-        "delta_per_patient": patient[1],
-        "accountant": "replace-one PLD (dp-accounting), as in training",
-        "adjacency": "replace-one",
-    }
+    k, epsilon = plan["images_per_patient"], plan["epsilon_per_image"]
     if args.json:
         print(json.dumps(plan, indent=2))
         return 0
     print(
         f"DP-SGD on {args.n_train:,} training images, batch {config.batch_size} (sample rate "
-        f"{dp.sample_rate:.4g}), {config.epochs} epochs = {steps} steps: noise multiplier "
-        f"{dp.noise_multiplier:.6g}"
+        f"{plan['sample_rate']:.4g}), {config.epochs} epochs = {plan['steps']} steps: noise "
+        f"multiplier {plan['noise_multiplier']:.6g}"
         + (f", calibrated to epsilon {config.target_epsilon:g}" if config.target_epsilon else "")
     )
-    print(f"epsilon per image {epsilon:.6g} at delta {dp.delta:.3g} (replace-one PLD accountant)")
+    print(f"epsilon per image {epsilon:.6g} at delta {plan['delta']:.3g} (replace-one PLD)")
     if k:
-        print(f"epsilon per patient of up to {k} images {patient[0]:.6g}, delta {patient[1]:.3g}")
+        print(
+            f"epsilon per patient of up to {k} images {plan['epsilon_per_patient']:.6g}, "
+            f"delta {plan['delta_per_patient']:.3g}"
+        )
     else:
         print("epsilon per patient: unknown (give --images-per-patient k)")
     return 0
