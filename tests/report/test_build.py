@@ -102,7 +102,7 @@ def test_table_runs_are_reported_per_record_and_a_void_guarantee_says_so(tmp_pat
     assert sorted(r["epsilon_per_record"] for r in rows) == ["1.0", "4.0", "inf"]
     privacy = {"epsilon": 2.0, "epsilon_per_record": 2.0, "guarantee_holds": False}
     assert epsilon_text(privacy, "record") == "2 (does not hold: bounds read from the data)"
-    assert "train accuracy (%)" not in summary_table([])[0]  # no run has train metrics
+    assert "train accuracy (%) [95% CI]" not in summary_table([])[0]  # no run has train metrics
 
 
 def _candidate(lr, seed, val, test, val_loss=0.5):

@@ -99,6 +99,15 @@ def learning_curves(
 def frontier(
     lines: dict[str, list[dict]], units: list[str], path: Path, *, chance: float | None
 ) -> None:
+    """Save `frontier_figure` at `path`."""
+    fig = frontier_figure(lines, units, chance=chance)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def frontier_figure(
+    lines: dict[str, list[dict]], units: list[str], *, chance: float | None
+) -> plt.Figure:
     """Privacy-utility frontier: test accuracy and ROC-AUC against epsilon (log x, ticks at
     the data points), one row per unit where some point has a value; a unit whose epsilon
     is a fixed multiple of the first row's at every point (pixel beside image under input
@@ -125,8 +134,7 @@ def frontier(
     }
     fig.suptitle("privacy-utility frontier (smaller epsilon = stronger privacy)")
     _legend_below(fig, legend, 3.9 * len(rows))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def _frontier_panel(ax, lines: dict[str, list[dict]], unit: str, metric: str, chance) -> None:
@@ -190,12 +198,21 @@ def _ticks_at(axis, at: list[float], values: list[float] | None = None) -> None:
         if not kept or math.log10(x / at[kept[-1]]) >= span / 14:
             kept.append(i)
     axis.set_major_locator(FixedLocator([at[i] for i in kept]))
-    axis.set_major_formatter(FixedFormatter([f"{values[i]:,.3g}" for i in kept]))
+    axis.set_major_formatter(FixedFormatter([epsilon_label(values[i]) for i in kept]))
     axis.set_minor_locator(NullLocator())
     for label in axis.get_ticklabels():
         label.set_fontsize(8)
     if len(kept) > 5:
         axis.set_tick_params(rotation=45)
+
+
+def epsilon_label(value: float) -> str:
+    """A tick's epsilon: whole numbers from 100 up, else 3 significant digits.
+
+    >>> epsilon_label(4096), epsilon_label(1.9813), epsilon_label(0.015625)
+    ('4,096', '1.98', '0.0156')
+    """
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _proportional(points: list[dict], base: str, unit: str) -> bool:

@@ -327,7 +327,7 @@ def summary_table(groups: list[Group]) -> list[list[str]]:
             "setting",
             "seeds",
             *METRIC_HEADERS,
-            *(["train accuracy (%)"] * train),
+            *(["train accuracy (%) [95% CI]"] * train),
             *(f"epsilon per {u}" for u in units),
             *extra,
         ]
