@@ -360,6 +360,12 @@ def _markdown(blocks: list[Block]) -> str:
     return "\n".join(parts)
 
 
+def _cell(text: str) -> str:
+    """A table cell; numbers (and intervals, "inf") right-aligned, text left."""
+    numeric = text[:1].isdigit() or text.startswith(("inf", "-", "n/a"))
+    return f"<td class='n'>{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>"
+
+
 def _html(blocks: list[Block], out: Path) -> str:
     body = []
     for kind, *content in blocks:
@@ -370,10 +376,7 @@ def _html(blocks: list[Block], out: Path) -> str:
             cells = "".join(f"<th>{html.escape(c)}</th>" for c in head)
             body.append(
                 f"<div class='wide'><table><tr>{cells}</tr>"
-                + "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                    for row in rows
-                )
+                + "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
                 + "</table></div>"
             )
         elif kind == "list":
@@ -391,8 +394,8 @@ def _html(blocks: list[Block], out: Path) -> str:
         "body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
         ".wide{overflow-x:auto}"
         "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+        "td.n{text-align:right;white-space:nowrap}img{max-width:100%}"
         "figcaption{color:#555;font-size:13px}</style></head><body>"
         + "\n".join(body)
         + "</body></html>\n"
