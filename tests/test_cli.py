@@ -202,7 +202,6 @@ def test_trains_on_real_data_better_than_chance(real_data, tmp_path):
         "--lr",
         "0.003",
         "--balanced-loss",
-        "true",
         "--quiet",
         "--data-root",
         str(real_data),
@@ -282,11 +281,11 @@ def corrupt_root(kermany_root):
         (["--config", "{tmp}/absent.yaml"], "cannot read config file"),
         (["--config", "{badyaml}"], "not valid YAML"),
         (["--config", "{badkey}"], "unknown setting 'noise'"),
-        (["--perturb-test", "maybe"], "expected true or false"),
+        (["--perturb-test", "maybe"], "unrecognized arguments: maybe"),  # a switch
         (["--technique", "gaussian", "--target-epsilon", "8"], r"needs delta in \(0, 1\)"),
         (["--technique", "dppix", "--cell-size", "5"], "cell_size 5 does not divide .* 64"),
         (["--technique", "laplace", "--postprocess", "pool2,sharpen"], "unknown post-processing"),
-        (["--technique", "gaussian", "--snapping", "true"], "snapping is only for technique"),
+        (["--technique", "gaussian", "--snapping"], "snapping is only for technique"),
         (["--technique", "dp-sgd", "--target-epsilon", "0"], "target_epsilon must be > 0"),
         (["--technique", "dp-sgd", "--target-epsilon", "1", "--delta", "1"], "delta must lie"),
         (
@@ -311,7 +310,7 @@ def corrupt_root(kermany_root):
             "DP-SGD cannot train this model: .*BatchNorm",
         ),
         (["--augment-multiplicity", "2"], "add --augment"),
-        (["--augment", "true", "--augment-multiplicity", "0"], "augment_multiplicity must be >="),
+        (["--augment", "--augment-multiplicity", "0"], "augment_multiplicity must be >="),
         (["--augment-multiplicity", "2.5"], "expected an integer"),
         (["--technique", "laplace", "--noise-scale", "nan"], "noise_scale must be a finite"),
         (["--technique", "laplace", "--noise-scale", "inf"], "noise_scale must be a finite"),
@@ -326,7 +325,7 @@ def corrupt_root(kermany_root):
             "cannot read the noise key file",
         ),
         (
-            ["--model", "scatternet", "--augment", "true", "--augment-multiplicity", "4"],
+            ["--model", "scatternet", "--augment", "--augment-multiplicity", "4"],
             "augment cannot be used with model scatternet",
         ),
     ],
@@ -470,3 +469,24 @@ def test_privacy_plans_dp_sgd_both_ways_as_a_training_run_accounts(real_data, tm
 def test_privacy_dp_sgd_needs_the_training_set_size(capsys):
     argv = ["privacy", "--mechanism", "dp-sgd", "--target-epsilon", "2"]
     assert "give --n-train" in _fail(argv, capsys)
+
+
+def test_run_help_groups_its_flags_and_booleans_are_switches(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = capsys.readouterr().out
+    groups = ["data settings:", "technique and privacy settings:", "model settings:"]
+    groups += ["training settings:", "output:", "examples:"]
+    assert all(g in text for g in groups) and "BOOL" not in text and "STR" not in text
+    assert "--augment, --no-augment" in text
+    parser = cli.build_parser()
+    assert parser.parse_args(["run", "--augment"]).augment is True
+    assert parser.parse_args(["run", "--no-augment"]).augment is False
+    assert parser.parse_args(["run"]).augment is None  # unset: the YAML file's value stays
+    config = tmp_path / "c.yaml"
+    config.write_text("augment: true\nbalanced_loss: false\n")
+    from dpmed.config import RunConfig, load_yaml
+
+    args = parser.parse_args(["run", "--config", str(config), "--balanced-loss"])
+    merged = RunConfig.from_mapping(load_yaml(config) | cli._overrides(args), source="test")
+    assert merged.augment is True and merged.balanced_loss is True

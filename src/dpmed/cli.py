@@ -98,20 +98,20 @@ PRIVACY_FLAGS = (
 )
 
 
+RUN_EXAMPLES = """examples:
+  dpmed run --dataset pneumoniamnist --technique laplace --noise-scale 2 \\
+      --model small-cnn --epochs 5 --out runs/pmnist-b2
+  dpmed run --dataset pneumoniamnist --technique dp-sgd --target-epsilon 4 \\
+      --model small-cnn --batch-size 256 --optimizer sgd --lr 0.5 --augment
+  dpmed run --config my.yaml --seed 3 --no-balanced-loss    # flags override the YAML
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line (exit code 2)."""
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _number(kind: type) -> typing.Callable[[str], Any]:
@@ -126,25 +126,92 @@ def _number(kind: type) -> typing.Callable[[str], Any]:
     return parse
 
 
+FLAG_GROUPS = {  # --help shows the settings in these groups
+    "data": [
+        "dataset",
+        "image_size",
+        "max_images",
+        "val_fraction",
+        "seed",
+        "data_root",
+        "table",
+        "schema",
+        "strict",
+    ],
+    "technique and privacy": [
+        "technique",
+        "noise_scale",
+        "target_epsilon",
+        "unit",
+        "delta",
+        "noise_multiplier",
+        "max_grad_norm",
+        "accountant",
+        "physical_batch_size",
+        "grad_sample_mode",
+        "clipping",
+        "target_unclipped_quantile",
+        "noise_allocation",
+        "cell_size",
+        "snapping",
+        "weight_floor",
+        "clip_after_release",
+        "postprocess",
+        "perturb_test",
+        "importance_share",
+    ],
+    "model": ["model", "weights"],
+    "training": [
+        "epochs",
+        "batch_size",
+        "lr",
+        "optimizer",
+        "weight_decay",
+        "augment",
+        "augment_multiplicity",
+        "balanced_loss",
+        "ema_decay",
+        "device",
+    ],
+}
+
+
 def _add_config_flags(
     parser: argparse.ArgumentParser, only: typing.Collection[str] | None = None
 ) -> None:
-    """One flag per RunConfig field (or per field in `only`); unset flags stay None so the
-    YAML file keeps its value."""
+    """One flag per RunConfig field (or per field in `only`), in FLAG_GROUPS' groups;
+    booleans are switches (--augment / --no-augment). Unset flags stay None so the YAML
+    file keeps its value (YAML booleans are read by RunConfig)."""
     hints = typing.get_type_hints(RunConfig)
+    groups = (
+        {name: parser.add_argument_group(f"{name} settings") for name in FLAG_GROUPS}
+        if only is None
+        else {}
+    )
+    group_of = {field: name for name, fields in FLAG_GROUPS.items() for field in fields}
     for field in dataclasses.fields(RunConfig):
         if only is not None and field.name not in only:
             continue
         hint = hints[field.name]
         kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
         kind = kinds[0] if isinstance(hint, types.UnionType) else hint
-        parse = _bool if kind is bool else _number(kind) if kind in (int, float) else str
-        parser.add_argument(
-            "--" + field.name.replace("_", "-"),
+        target = groups.get(group_of.get(field.name), parser)
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:  # a switch: --augment / --no-augment
+            target.add_argument(
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=FLAG_HELP[field.name],
+            )
+            continue
+        target.add_argument(
+            flag,
             dest=field.name,
-            type=parse,
+            type=_number(kind) if kind in (int, float) else str,
             default=None,
-            metavar=kind.__name__.upper(),
+            metavar={int: "INT", float: "NUMBER"}.get(kind, "TEXT"),
             help=FLAG_HELP[field.name],
         )
 
@@ -179,11 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one model on (noisy) medical "
         "images and write a run folder: config.yaml, metrics.csv, summary.json, best.pt, "
         "learning_curve.png. Flags override --config.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
-    run.add_argument("--out", type=Path, help="run folder to write (default runs/<name>)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    output = run.add_argument_group("output")
+    output.add_argument("--out", type=Path, help="run folder to write (default runs/<name>)")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_noise_key_flag(run)
     _add_config_flags(run)
 

@@ -164,7 +164,7 @@ def test_dp_sgd_on_real_pneumoniamnist_beats_chance(name, real_data, tmp_path):
     out = tmp_path / "scatter"
     args = ["run", "--dataset", "pneumoniamnist", "--model", name, "--epochs", "3"]
     args += ["--technique", "dp-sgd", "--noise-multiplier", "1", "--accountant", "pld"]
-    args += ["--batch-size", "128", "--optimizer", "sgd", "--lr", "0.5", "--balanced-loss", "true"]
+    args += ["--batch-size", "128", "--optimizer", "sgd", "--lr", "0.5", "--balanced-loss"]
     args += ["--max-images", "1000", "--quiet", "--data-root", str(real_data), "--out", str(out)]
     assert cli.main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
