@@ -16,6 +16,8 @@ def _readme_example() -> str:
 
 
 def test_the_readme_api_example_runs(real_data, tmp_path, monkeypatch, capsys):
+    import dpmed.run  # noqa: F401  (the module loaded first must not hide the API)
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DPMED_DATA", str(real_data))
     scope: dict = {}

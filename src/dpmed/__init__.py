@@ -2,8 +2,9 @@
 
 A small API for notebooks (each call imports what it needs, so `import dpmed` stays fast):
 
-- `run(config, out)`: one experiment from a mapping of settings, a YAML file or a
-  `RunConfig`; writes the run folder and returns its summary.
+- `experiment(config, out)`: one experiment from a mapping of settings, a YAML file or a
+  `RunConfig`; writes the run folder and returns its summary (not called `run`: that
+  name is the module `dpmed.run`).
 - `guarantee(mechanism, ...)`: the guarantee of an input-noise setting at every unit,
   from a noise scale or calibrated to a target epsilon (`dpmed privacy`).
 - `plan_dpsgd(...)`: DP-SGD's noise multiplier for a target epsilon, or the epsilon of a
@@ -22,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["guarantee", "load_results", "plan_dpsgd", "run"]
+__all__ = ["experiment", "guarantee", "load_results", "plan_dpsgd"]
 
 
-def run(
+def experiment(
     config: Any, out: str | Path, *, overwrite: bool = False, quiet: bool = True
 ) -> dict[str, Any]:
     """Run one experiment and write its run folder at `out`; its summary (best epoch's
@@ -39,7 +40,7 @@ def run(
     if isinstance(config, str | Path):
         config = RunConfig.from_mapping(load_yaml(config), source=str(config))
     elif not isinstance(config, RunConfig):
-        config = RunConfig.from_mapping(dict(config), source="dpmed.run")
+        config = RunConfig.from_mapping(dict(config), source="dpmed.experiment")
     quiet_progress(quiet)
     return run_experiment(
         config, out, overwrite=overwrite, log=(lambda _: None) if quiet else print
