@@ -232,7 +232,7 @@ def test_bench_paper_quick_prints_table1_and_resumes(real_data, tmp_path, capsys
     ]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
-    assert "paper 82.69" in printed and "b=4" in printed
+    assert "paper 82.69" in printed and "b = 4" in printed
     assert "| epsilon per image | inf (no noise) | 1,024 | 512 | 256 |" in printed
     db = sqlite3.connect(out / "results.db")
     before = db.execute("SELECT id, finished FROM runs ORDER BY id").fetchall()
