@@ -1,5 +1,6 @@
 """`dpmed run` and `dpmed bench` end to end, and every bad input as a one-line error."""
 
+import csv
 import json
 import re
 import sqlite3
@@ -201,7 +202,6 @@ def test_trains_on_real_data_better_than_chance(real_data, tmp_path):
         "--lr",
         "0.003",
         "--balanced-loss",
-        "true",
         "--quiet",
         "--data-root",
         str(real_data),
@@ -232,7 +232,7 @@ def test_bench_paper_quick_prints_table1_and_resumes(real_data, tmp_path, capsys
     ]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
-    assert "paper 82.69" in printed and "b=4" in printed
+    assert "paper 82.69" in printed and "b = 4" in printed
     assert "| epsilon per image | inf (no noise) | 1,024 | 512 | 256 |" in printed
     db = sqlite3.connect(out / "results.db")
     before = db.execute("SELECT id, finished FROM runs ORDER BY id").fetchall()
@@ -281,11 +281,11 @@ def corrupt_root(kermany_root):
         (["--config", "{tmp}/absent.yaml"], "cannot read config file"),
         (["--config", "{badyaml}"], "not valid YAML"),
         (["--config", "{badkey}"], "unknown setting 'noise'"),
-        (["--perturb-test", "maybe"], "expected true or false"),
+        (["--perturb-test", "maybe"], "unrecognized arguments: maybe"),  # a switch
         (["--technique", "gaussian", "--target-epsilon", "8"], r"needs delta in \(0, 1\)"),
         (["--technique", "dppix", "--cell-size", "5"], "cell_size 5 does not divide .* 64"),
         (["--technique", "laplace", "--postprocess", "pool2,sharpen"], "unknown post-processing"),
-        (["--technique", "gaussian", "--snapping", "true"], "snapping is only for technique"),
+        (["--technique", "gaussian", "--snapping"], "snapping is only for technique"),
         (["--technique", "dp-sgd", "--target-epsilon", "0"], "target_epsilon must be > 0"),
         (["--technique", "dp-sgd", "--target-epsilon", "1", "--delta", "1"], "delta must lie"),
         (
@@ -310,7 +310,7 @@ def corrupt_root(kermany_root):
             "DP-SGD cannot train this model: .*BatchNorm",
         ),
         (["--augment-multiplicity", "2"], "add --augment"),
-        (["--augment", "true", "--augment-multiplicity", "0"], "augment_multiplicity must be >="),
+        (["--augment", "--augment-multiplicity", "0"], "augment_multiplicity must be >="),
         (["--augment-multiplicity", "2.5"], "expected an integer"),
         (["--technique", "laplace", "--noise-scale", "nan"], "noise_scale must be a finite"),
         (["--technique", "laplace", "--noise-scale", "inf"], "noise_scale must be a finite"),
@@ -325,7 +325,7 @@ def corrupt_root(kermany_root):
             "cannot read the noise key file",
         ),
         (
-            ["--model", "scatternet", "--augment", "true", "--augment-multiplicity", "4"],
+            ["--model", "scatternet", "--augment", "--augment-multiplicity", "4"],
             "augment cannot be used with model scatternet",
         ),
     ],
@@ -435,3 +435,58 @@ def test_dp_sgd_run_spends_at_most_its_target_and_learns(real_data, tmp_path):
     assert "noise_scale" not in privacy and "release_sha256" not in privacy  # no input noise
     assert summary["train"] is None and "train_accuracy" not in (out / "metrics.csv").read_text()
     assert summary["test"]["roc_auc"] > 0.75
+
+
+def test_privacy_plans_dp_sgd_both_ways_as_a_training_run_accounts(real_data, tmp_path, capsys):
+    """`dpmed privacy --mechanism dp-sgd` gives the noise multiplier a training calibrates
+    and the epsilon its accountant spends, from N, batch, epochs and delta alone; the
+    training's metrics.csv states the accountant's epsilon after every epoch."""
+    out = tmp_path / "dp"
+    train = ["--technique", "dp-sgd", "--model", "small-cnn", "--batch-size", "20"]
+    train += ["--epochs", "2", "--optimizer", "sgd", "--target-epsilon", "2"]
+    data = ["--dataset", "pneumoniamnist", "--data-root", str(real_data), "--max-images", "40"]
+    assert cli.main(["run", *train, *data, "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    spent = summary["privacy"]
+    capsys.readouterr()
+    plan = ["privacy", "--mechanism", "dp-sgd", "--n-train", str(summary["images"]["train"])]
+    plan += ["--batch-size", "20", "--epochs", "2", "--json"]
+    assert cli.main([*plan, "--target-epsilon", "2"]) == 0
+    calibrated = json.loads(capsys.readouterr().out)
+    assert calibrated["noise_multiplier"] == spent["noise_multiplier"]
+    assert calibrated["steps"] == spent["steps"] and calibrated["delta"] == spent["delta"]
+    assert calibrated["epsilon_per_image"] == pytest.approx(spent["epsilon"], rel=1e-9)
+    assert cli.main([*plan, "--noise-multiplier", str(spent["noise_multiplier"])]) == 0
+    forward = json.loads(capsys.readouterr().out)
+    assert forward["epsilon_per_image"] == pytest.approx(spent["epsilon"], rel=1e-9)
+    assert cli.main([*plan, "--noise-multiplier", "4"]) == 0  # more noise: less epsilon
+    assert json.loads(capsys.readouterr().out)["epsilon_per_image"] < spent["epsilon"]
+    with open(out / "metrics.csv") as handle:
+        per_epoch = [float(row["epsilon_per_image"]) for row in csv.DictReader(handle)]
+    assert per_epoch[0] < per_epoch[1] == pytest.approx(spent["epsilon"], rel=1e-9)
+
+
+def test_privacy_dp_sgd_needs_the_training_set_size(capsys):
+    argv = ["privacy", "--mechanism", "dp-sgd", "--target-epsilon", "2"]
+    assert "give --n-train" in _fail(argv, capsys)
+
+
+def test_run_help_groups_its_flags_and_booleans_are_switches(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = capsys.readouterr().out
+    groups = ["data settings:", "technique and privacy settings:", "model settings:"]
+    groups += ["training settings:", "output:", "examples:"]
+    assert all(g in text for g in groups) and "BOOL" not in text and "STR" not in text
+    assert "--augment, --no-augment" in text
+    parser = cli.build_parser()
+    assert parser.parse_args(["run", "--augment"]).augment is True
+    assert parser.parse_args(["run", "--no-augment"]).augment is False
+    assert parser.parse_args(["run"]).augment is None  # unset: the YAML file's value stays
+    config = tmp_path / "c.yaml"
+    config.write_text("augment: true\nbalanced_loss: false\n")
+    from dpmed.config import RunConfig, load_yaml
+
+    args = parser.parse_args(["run", "--config", str(config), "--balanced-loss"])
+    merged = RunConfig.from_mapping(load_yaml(config) | cli._overrides(args), source="test")
+    assert merged.augment is True and merged.balanced_loss is True

@@ -73,7 +73,7 @@ def test_dp_sgd_mlp_on_a_table_spends_at_most_its_target_and_learns(tmp_path):
         (["--unit", "pixel"], "--unit must be record"),
         (["--technique", "dp-sgd", "--model", "gaussian-nb", "--target-epsilon", "1"], "mlp"),
         (["--technique", "gaussian"], "unknown technique 'gaussian'"),
-        (["--augment", "true"], "augment are for images"),
+        (["--augment"], "augment are for images"),
         (["--augment-multiplicity", "2"], "augment_multiplicity is for images"),
         (["--importance-share", "1"], "importance_share must lie in"),
         (["--weight-floor", "0.5"], "weight_floor is for images"),

@@ -96,7 +96,19 @@ PRIVACY_FLAGS = (
     "snapping",
     "weight_floor",
     "image_size",
+    "noise_multiplier",
+    "batch_size",
+    "epochs",
 )
+
+
+RUN_EXAMPLES = """examples:
+  dpmed run --dataset pneumoniamnist --technique laplace --noise-scale 2 \\
+      --model small-cnn --epochs 5 --out runs/pmnist-b2
+  dpmed run --dataset pneumoniamnist --technique dp-sgd --target-epsilon 4 \\
+      --model small-cnn --batch-size 256 --optimizer sgd --lr 0.5 --augment
+  dpmed run --config my.yaml --seed 3 --no-balanced-loss    # flags override the YAML
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,15 +116,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _number(kind: type) -> typing.Callable[[str], Any]:
@@ -127,25 +130,92 @@ def _number(kind: type) -> typing.Callable[[str], Any]:
     return parse
 
 
+FLAG_GROUPS = {  # --help shows the settings in these groups
+    "data": [
+        "dataset",
+        "image_size",
+        "max_images",
+        "val_fraction",
+        "seed",
+        "data_root",
+        "table",
+        "schema",
+        "strict",
+    ],
+    "technique and privacy": [
+        "technique",
+        "noise_scale",
+        "target_epsilon",
+        "unit",
+        "delta",
+        "noise_multiplier",
+        "max_grad_norm",
+        "accountant",
+        "physical_batch_size",
+        "grad_sample_mode",
+        "clipping",
+        "target_unclipped_quantile",
+        "noise_allocation",
+        "cell_size",
+        "snapping",
+        "weight_floor",
+        "clip_after_release",
+        "postprocess",
+        "perturb_test",
+        "importance_share",
+    ],
+    "model": ["model", "weights"],
+    "training": [
+        "epochs",
+        "batch_size",
+        "lr",
+        "optimizer",
+        "weight_decay",
+        "augment",
+        "augment_multiplicity",
+        "balanced_loss",
+        "ema_decay",
+        "device",
+    ],
+}
+
+
 def _add_config_flags(
     parser: argparse.ArgumentParser, only: typing.Collection[str] | None = None
 ) -> None:
-    """One flag per RunConfig field (or per field in `only`); unset flags stay None so the
-    YAML file keeps its value."""
+    """One flag per RunConfig field (or per field in `only`), in FLAG_GROUPS' groups;
+    booleans are switches (--augment / --no-augment). Unset flags stay None so the YAML
+    file keeps its value (YAML booleans are read by RunConfig)."""
     hints = typing.get_type_hints(RunConfig)
+    groups = (
+        {name: parser.add_argument_group(f"{name} settings") for name in FLAG_GROUPS}
+        if only is None
+        else {}
+    )
+    group_of = {field: name for name, fields in FLAG_GROUPS.items() for field in fields}
     for field in dataclasses.fields(RunConfig):
         if only is not None and field.name not in only:
             continue
         hint = hints[field.name]
         kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
         kind = kinds[0] if isinstance(hint, types.UnionType) else hint
-        parse = _bool if kind is bool else _number(kind) if kind in (int, float) else str
-        parser.add_argument(
-            "--" + field.name.replace("_", "-"),
+        target = groups.get(group_of.get(field.name), parser)
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:  # a switch: --augment / --no-augment
+            target.add_argument(
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=FLAG_HELP[field.name],
+            )
+            continue
+        target.add_argument(
+            flag,
             dest=field.name,
-            type=parse,
+            type=_number(kind) if kind in (int, float) else str,
             default=None,
-            metavar=kind.__name__.upper(),
+            metavar={int: "INT", float: "NUMBER"}.get(kind, "TEXT"),
             help=FLAG_HELP[field.name],
         )
 
@@ -180,11 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one model on (noisy) medical "
         "images and write a run folder: config.yaml, metrics.csv, summary.json, best.pt, "
         "learning_curve.png. Flags override --config.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--config", type=Path, help="YAML file of settings (flags win)")
-    run.add_argument("--out", type=Path, help="run folder to write (default runs/<name>)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    output = run.add_argument_group("output")
+    output.add_argument("--out", type=Path, help="run folder to write (default runs/<name>)")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_noise_key_flag(run)
     _add_config_flags(run)
 
@@ -222,11 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="write report.md, report.html and results.csv for a sweep",
-        description="Summarise a sweep's results database: tables (Table 1 beside the paper's "
-        "when the sweep is the paper grid), learning curves, the privacy-utility frontier.",
+        help="write report.md, report.html and results.csv for sweeps or runs",
+        description="Summarise sweeps' results databases or run folders: provenance, tables "
+        "(Table 1 beside the paper's when the sweep is the paper grid), the privacy guarantee, "
+        "learning curves, the privacy-utility frontier. Example: dpmed report runs/a runs/b "
+        "--out runs/a-vs-b",
     )
-    report.add_argument("out", type=Path, help="the sweep's output folder (holding results.db)")
+    report.add_argument(
+        "folders",
+        type=Path,
+        nargs="+",
+        metavar="FOLDER",
+        help="a sweep's output folder (holding results.db) or a run folder (holding "
+        "summary.json); several make one comparison (needs --out)",
+    )
+    report.add_argument(
+        "--out", type=Path, help="folder for the report (default: the one FOLDER given)"
+    )
     report.add_argument(
         "--tune",
         type=lambda text: [key.strip() for key in text.split(",") if key.strip()],
@@ -242,7 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the guarantee of a noise setting, per pixel, image and patient",
         description="Print the privacy guarantee of an input-noise setting at every unit, "
         "from a noise scale (--noise-scale) or calibrated to a target (--target-epsilon "
-        "per --unit). Nothing is read or trained.",
+        "per --unit); or plan DP-SGD with the accountant training uses: the noise multiplier "
+        "for a --target-epsilon, or the epsilon of a --noise-multiplier, from --n-train, "
+        "--batch-size, --epochs and --delta. Nothing is read or trained. Examples: "
+        "dpmed privacy --mechanism laplace --noise-scale 2 --image-size 28; "
+        "dpmed privacy --mechanism dp-sgd --n-train 4708 --batch-size 256 --epochs 5 "
+        "--target-epsilon 2",
     )
     privacy.add_argument(
         "--mechanism",
@@ -256,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INT",
         help="k, the most images of one patient, for the patient unit (default: unknown, so "
         "no patient guarantee)",
+    )
+    privacy.add_argument(
+        "--n-train",
+        type=_number(int),
+        metavar="INT",
+        help="dp-sgd: the number of training images (or records), N",
     )
     privacy.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_config_flags(privacy, only=PRIVACY_FLAGS)
@@ -293,6 +389,7 @@ def _bench(args: argparse.Namespace) -> int:
     from dpmed.bench.executors import check_executor, make_executor
     from dpmed.bench.store import ResultsStore
     from dpmed.bench.sweep import load_sweep
+    from dpmed.provenance import record_sweep
     from dpmed.report.tables import group_runs, is_paper_grid, markdown, paper_table, summary_table
 
     sweep = load_sweep(args.sweep)
@@ -303,6 +400,7 @@ def _bench(args: argparse.Namespace) -> int:
     jobs = min(os.cpu_count() or 1, len(runs)) if args.jobs is None else args.jobs
     check_executor(args.executor, jobs=jobs, threads=args.threads_per_run)
     with sweep_lock(out):  # taken before any worker starts
+        record_sweep(out, name=sweep.name, description=sweep.description, argv=args.argv)
         executor = make_executor(
             args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address
         )
@@ -330,7 +428,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from dpmed.report.build import build_report
 
-    for path in build_report(args.out, args.tune):
+    for path in build_report(args.folders, args.tune, out=args.out):
         print(f"wrote {path}")
     return 0
 
@@ -339,6 +437,8 @@ def _privacy(args: argparse.Namespace) -> int:
     from dpmed.privacy import Unit
     from dpmed.privacy.accounting import account
 
+    if args.technique == "dp-sgd":
+        return _privacy_dpsgd(args)
     if args.image_size is None:
         raise DpmedError("give --image-size, the side of the square images in pixels")
     if args.images_per_patient is not None and args.images_per_patient < 1:
@@ -407,8 +507,48 @@ AFTER_INTERRUPT = {
 }
 
 
+def _privacy_dpsgd(args: argparse.Namespace) -> int:
+    """DP-SGD planned with plan_dpsgd, the call training makes: the noise multiplier for a
+    target epsilon or the epsilon of a noise multiplier, and per patient by group privacy."""
+    from dpmed.privacy.dpsgd import dpsgd_plan
+
+    if args.n_train is None or args.n_train < 1:
+        raise DpmedError("dp-sgd: give --n-train N, the number of training images (>= 1)")
+    config = RunConfig.from_mapping(_overrides(args) | {"model": "small-cnn"}, source="flags")
+    plan = dpsgd_plan(
+        n_train=args.n_train,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        target_epsilon=config.target_epsilon,
+        noise_multiplier=config.noise_multiplier,
+        delta=config.delta,
+        images_per_patient=args.images_per_patient,
+    )
+    k, epsilon = plan["images_per_patient"], plan["epsilon_per_image"]
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    print(
+        f"DP-SGD on {args.n_train:,} training images, batch {config.batch_size} (sample rate "
+        f"{plan['sample_rate']:.4g}), {config.epochs} epochs = {plan['steps']} steps: noise "
+        f"multiplier {plan['noise_multiplier']:.6g}"
+        + (f", calibrated to epsilon {config.target_epsilon:g}" if config.target_epsilon else "")
+    )
+    print(f"epsilon per image {epsilon:.6g} at delta {plan['delta']:.3g} (replace-one PLD)")
+    if k:
+        print(
+            f"epsilon per patient of up to {k} images {plan['epsilon_per_patient']:.6g}, "
+            f"delta {plan['delta_per_patient']:.3g}"
+        )
+    else:
+        print("epsilon per patient: unknown (give --images-per-patient k)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command, for the report's provenance
     if args.quiet:
         quiet()
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from dpmed import __version__
+from dpmed import __version__, provenance
 from dpmed.config import RunConfig
 from dpmed.data import ImageDataset
 from dpmed.data.images import plan_dataset
@@ -159,6 +160,7 @@ def run_experiment(
             privacy |= secret.noise_source()
         best = best_epoch(records)
         sizes = {split: len(labels) for split, (_, labels) in inputs.items()}
+        positives = {split: int(np.sum(labels)) for split, (_, labels) in inputs.items()}
         summary = {
             "dataset": config.dataset,
             "technique": config.technique,
@@ -183,9 +185,13 @@ def run_experiment(
                 "load_average": round(os.getloadavg()[0], 2),  # 1 minute, at the end
             },
             ("records" if config.is_table else "images"): sizes,
+            "positives": positives,  # per split: the majority-class rate is chance
             "model_init": prepared.model_init,
             "device": str(device),
+            "machine": provenance.machine(),
+            "finished_at": provenance.now(),
             "dpmed_version": __version__,
+            "git_commit": provenance.git_commit(),
         }
         _write_run(staging, *_resolved(config, privacy), records, summary)
         if out.exists():
@@ -413,6 +419,29 @@ def _resolved(config: RunConfig, privacy: dict[str, Any]) -> tuple[RunConfig, st
     return config.replace(**changes), note
 
 
+def epoch_epsilons(privacy: dict[str, Any], epochs: list[int]) -> list[float]:
+    """Epsilon spent once each epoch is done: DP-SGD's accountant after that epoch's steps
+    (after the last: the summary's epsilon); a release or a one-shot fit spends its epsilon at once,
+    so it is constant; inf without noise."""
+    epsilon = privacy["epsilon"]
+    if epsilon is None:
+        return [math.inf] * len(epochs)
+    if privacy["mechanism"] != "dp-sgd":
+        return [epsilon] * len(epochs)
+    from dpmed.privacy.dpsgd import epsilon_after
+
+    per_epoch = privacy["steps"] // max(epochs)
+    return [
+        epsilon_after(
+            noise_multiplier=privacy["noise_multiplier"],
+            sample_rate=privacy["sample_rate"],
+            steps=epoch * per_epoch,
+            delta=privacy["delta"],
+        )
+        for epoch in epochs
+    ]
+
+
 def _write_run(
     folder: Path, config: RunConfig, note: str, records: list[EpochRecord], summary: dict
 ) -> None:
@@ -420,16 +449,19 @@ def _write_run(
         f"{note}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False)
     )
     splits = list(records[0].metrics)
+    epsilons = epoch_epsilons(summary["privacy"], [r.epoch for r in records])
     with open(folder / "metrics.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             ["epoch", "seconds", "train_images_per_second"]
             + [f"{s}_{m}" for s in splits for m in METRICS]
+            + [f"epsilon_per_{summary['privacy']['unit']}"]
         )
-        for r in records:
+        for r, epsilon in zip(records, epsilons, strict=True):
             writer.writerow(
                 [r.epoch, round(r.seconds, 3), round(r.train_images_per_second, 1)]
                 + [r.metrics[s][m] for s in splits for m in METRICS]
+                + [epsilon]
             )
     (folder / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     privacy = summary["privacy"]

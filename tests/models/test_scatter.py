@@ -1,5 +1,7 @@
 import copy
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +13,6 @@ from dpmed.config import RunConfig
 from dpmed.errors import ConfigError
 from dpmed.models import build_model
 from dpmed.privacy.dpsgd import DPSGD, check_trainable
-from dpmed.train import loop
 from dpmed.train.loop import TrainSettings, evaluate, fit
 
 # model -> its trainable layers (index in the head): the linear layer; the CNN's 2 convs, 2 linears
@@ -84,13 +85,13 @@ def _dp_fit(tmp_path, model, *, epochs, sigma=0.5):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(name, tmp_path):
+def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(name, tmp_path, private_cache):
     torch.manual_seed(0)
     model, _ = build_model(name)
     check_trainable(model)
     seen = []
     model.frozen.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
-    loop._FEATURES.clear()
+    shutil.rmtree(private_cache / "features", ignore_errors=True)
     data, dp, records = _dp_fit(tmp_path, model, epochs=3)
     assert sum(seen) == sum(len(labels) for _, labels in data.values())  # each image once
     assert dp.steps == 3 * 8 and dp.epsilon() > 0
@@ -106,6 +107,9 @@ def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(name, tmp_p
     again.frozen.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
     _dp_fit(tmp_path, again, epochs=1)
     assert sum(seen) == passed
+    cached = sorted(p.name for p in (private_cache / "features").iterdir())
+    assert len(cached) == len(data)  # one file per split, read back from disk
+    assert all(re.fullmatch(r"scattering-[0-9a-f]{16}\.npy", n) for n in cached)  # a keyed hash
 
 
 @pytest.mark.parametrize("grad_sample_mode", ["hooks", "functorch", "ew"])
@@ -164,7 +168,7 @@ def test_dp_sgd_on_real_pneumoniamnist_beats_chance(name, real_data, tmp_path):
     out = tmp_path / "scatter"
     args = ["run", "--dataset", "pneumoniamnist", "--model", name, "--epochs", "3"]
     args += ["--technique", "dp-sgd", "--noise-multiplier", "1", "--accountant", "pld"]
-    args += ["--batch-size", "128", "--optimizer", "sgd", "--lr", "0.5", "--balanced-loss", "true"]
+    args += ["--batch-size", "128", "--optimizer", "sgd", "--lr", "0.5", "--balanced-loss"]
     args += ["--max-images", "1000", "--quiet", "--data-root", str(real_data), "--out", str(out)]
     assert cli.main(args) == 0
     summary = json.loads((out / "summary.json").read_text())

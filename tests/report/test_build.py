@@ -25,19 +25,27 @@ def _run(noise_scale, seed, test_acc, dataset="chest-xray", postprocess=None):
             "privacy": {
                 "epsilon_per_pixel": 1 / noise_scale if noise_scale else None,
                 "epsilon_per_image": 4096 / noise_scale if noise_scale else None,
+                "epsilon": 4096 / noise_scale if noise_scale else None,
+                "delta": 0.0,
             },
         },
     }
 
 
-def test_paper_table_gives_mean_and_sd_over_seeds_beside_the_paper():
+def test_paper_table_gives_mean_and_interval_over_seeds_beside_the_paper():
     runs = [_run(0, 0, 0.80), _run(0, 1, 0.84), _run(1, 0, 0.70), _run(1, 1, 0.70)]
     assert is_paper_grid(runs)
     rows = paper_table(group_runs(runs))
-    assert rows[0] == ["accuracy (%)", "original", "b=1"]
-    assert rows[1] == ["test", "82.00 ± 2.83 (paper 82.69)", "70.00 ± 0.00 (paper 74.35)"]
+    assert rows[0] == ["accuracy (%)", "original", "b = 1"]
+    # two seeds: a t-interval, 82 +- 12.71 x 2.83 / sqrt(2), clipped at 100
+    assert rows[1] == [
+        "test",
+        "82.0 [56.6, 100.0] (paper 82.69)",
+        "70.0 [70.0, 70.0] (paper 74.35)",
+    ]
     assert rows[3] == ["seeds", "2", "2"]
-    assert rows[-1] == ["epsilon per image", "inf (no noise)", "4,096"]
+    assert rows[-2] == ["epsilon per image", "inf (no noise)", "4,096"]
+    assert rows[-1] == ["delta", "n/a (no noise)", "0"]
     assert not is_paper_grid(runs + [_run(1, 2, 0.7, dataset="pneumoniamnist")])
     assert not is_paper_grid(runs + [_run(1, 2, 0.7, postprocess="down2")])  # two recipes at b=1
 
@@ -53,14 +61,14 @@ def test_report_from_a_real_sweep(tmp_path, tiny_sweep, capsys):
     assert cli.main(["bench", str(tiny_sweep), "--out", str(out), "--quiet"]) == 0
     assert cli.main(["report", str(out)]) == 0
     md = (out / "report.md").read_text()
-    assert "## Results by setting" in md and "noise_scale=2.0" in md
+    assert "## Results by setting" in md and "| b = 2 |" in md and "noise_scale=" not in md
     assert "![" in md and (out / "figures" / "frontier.png").stat().st_size > 10_000
     assert "The 4 runs took " in md and " CPU cores (load average over 1 min" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 4 and {r["seed"] for r in rows} == {"0", "1"}
-    assert {r["epsilon_per_image"] for r in rows} == {"", "392.0"}
+    assert {r["epsilon_per_image"] for r in rows} == {"inf", "392.0"}  # no noise: inf
 
 
 def test_report_without_a_database_is_a_clear_error(tmp_path, capsys):
@@ -91,10 +99,10 @@ def test_table_runs_are_reported_per_record_and_a_void_guarantee_says_so(tmp_pat
     md = (out / "report.md").read_text()
     assert "epsilon per record" in md and "epsilon per image" not in md
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert sorted(r["epsilon_per_record"] for r in rows) == ["", "1.0", "4.0"]
+    assert sorted(r["epsilon_per_record"] for r in rows) == ["1.0", "4.0", "inf"]
     privacy = {"epsilon": 2.0, "epsilon_per_record": 2.0, "guarantee_holds": False}
     assert epsilon_text(privacy, "record") == "2 (does not hold: bounds read from the data)"
-    assert "train accuracy (%)" not in summary_table([])[0]  # no run has train metrics
+    assert "train accuracy (%) [95% CI]" not in summary_table([])[0]  # no run has train metrics
 
 
 def _candidate(lr, seed, val, test, val_loss=0.5):
@@ -128,9 +136,9 @@ def test_tuning_chooses_each_seed_on_validation_never_on_test():
     ]
     [tuned] = tune_runs(runs, ["lr"])
     assert [r["id"] for r in tuned.group.runs] == ["0.1-0", "1.0-1"]
-    assert tuned.candidates == 2 and tuned.chosen == "lr=0.1 (seed 0); lr=1.0 (seed 1)"
+    assert tuned.candidates == 2 and tuned.chosen == "lr = 0.1 (seed 0); lr = 1 (seed 1)"
     row = tuned_table([tuned])[1]
-    assert row[4] == "77.50 ± 24.75" and row[-1] == "8"  # one release per seed: free
+    assert row[4] == "77.5 [0.0, 100.0]" and row[-2:] == ["8", "0"]  # one release per seed: free
 
 
 @pytest.mark.parametrize(
@@ -274,12 +282,12 @@ def test_report_states_every_guarantee_honestly(tmp_path):
     results, section = md.split("## Privacy guarantee")
     header = next(line for line in results.splitlines() if line.startswith("| setting"))
     assert "epsilon per patient" in header and "delta" in header and "adjacency" in header
-    rows = {line.split(" | ")[0]: line for line in results.splitlines() if "=" in line}
-    assert "| unknown | 784 | 1 | 0 | replace-one |" in rows["| technique=laplace"]
+    rows = {line.split(" | ")[0]: line for line in results.splitlines() if line.startswith("| ")}
+    assert "| unknown | 784 | 1 | 0 | replace-one |" in rows["| laplace"]
     assert "784 | 784" not in md  # the image's epsilon never stands in for the patient's
-    assert "not computed (DP training)" in rows["| technique=dp-sgd"]
-    assert "| 0.0002 | replace-one |" in rows["| technique=dp-sgd"]
-    assert "75.00 ± 0.00" in rows["| technique=laplace"]  # input noise keeps train metrics
+    assert "not computed (DP training)" in rows["| dp-sgd"]
+    assert "| 0.0002 | replace-one |" in rows["| dp-sgd"]
+    assert "75.0 [75.0, 75.0]" in rows["| laplace"]  # input noise keeps train metrics
     assert NO_TRAIN_METRICS in results
     assert "784 (no meaningful protection)" in section and "1.9 (moderate)" in section
     assert "1 (strong)" in section and "none (no noise)" in section

@@ -298,6 +298,67 @@ def plan_dpsgd(
     )
 
 
+def dpsgd_plan(
+    *,
+    n_train: int,
+    batch_size: int,
+    epochs: int,
+    target_epsilon: float | None = None,
+    noise_multiplier: float | None = None,
+    delta: float = 0.0,
+    images_per_patient: int | None = None,
+) -> dict:
+    """DP-SGD planned without training, by `plan_dpsgd` as a training plans it: the noise
+    multiplier for `target_epsilon` (or the one given), the replace-one epsilon its steps
+    spend at `delta` (0: 1/N^1.1), and per patient of k images by group privacy.
+
+    >>> plan = dpsgd_plan(n_train=1000, batch_size=100, epochs=2, noise_multiplier=1.0)
+    >>> plan["steps"], round(plan["epsilon_per_image"], 2), plan["epsilon_per_patient"]
+    (20, 3.25, None)
+    """
+    if (target_epsilon is None) == (noise_multiplier is None):
+        raise ConfigError("DP-SGD planning needs target_epsilon or noise_multiplier, one")
+    if images_per_patient is not None and images_per_patient < 1:
+        raise ConfigError(f"images_per_patient must be >= 1, got {images_per_patient}")
+    dp = plan_dpsgd(
+        n_train=n_train,
+        batch_size=batch_size,
+        epochs=epochs,
+        target_epsilon=target_epsilon,
+        noise_multiplier=noise_multiplier,
+        delta=delta,
+        max_grad_norm=1.0,  # the guarantee does not depend on it
+        accountant=ACCOUNTANT,
+        physical_batch_size=None,
+    )
+    steps = steps_for(epochs, dp.sample_rate)
+    epsilon = epsilon_after(
+        noise_multiplier=dp.noise_multiplier,
+        sample_rate=dp.sample_rate,
+        steps=steps,
+        delta=dp.delta,
+    )
+    k = images_per_patient
+    patient_epsilon, patient_delta = group_privacy(epsilon, dp.delta, k) if k else (None, None)
+    return {
+        "mechanism": "dp-sgd",
+        "n_train": n_train,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "sample_rate": dp.sample_rate,
+        "steps": steps,
+        "noise_multiplier": dp.noise_multiplier,
+        "target_epsilon": target_epsilon,
+        "epsilon_per_image": epsilon,
+        "delta": dp.delta,
+        "images_per_patient": k,
+        "epsilon_per_patient": patient_epsilon,
+        "delta_per_patient": patient_delta,
+        "accountant": f"{ADJACENCY} PLD accountant (dp-accounting), as in training",
+        "adjacency": ADJACENCY,
+    }
+
+
 BALANCED_LOSS = (
     "balanced loss: the training set's class counts, which set the loss weights, are "
     "treated as public (e.g. a published prevalence)"

@@ -50,6 +50,31 @@ def strength(epsilon: float | None, *, holds: bool = True) -> str:
     return "moderate" if epsilon <= MODERATE else "no meaningful protection"
 
 
+def strength_warning(groups: list[Group]) -> str | None:
+    """A plain-words warning for the settings whose epsilon, at the unit they protect, is
+    above MODERATE; None when there are none."""
+    weak = [
+        g
+        for g in groups
+        if (e := g.privacy.get("epsilon")) is not None
+        and e > MODERATE
+        and g.privacy.get("guarantee_holds", True)
+    ]
+    if not weak:
+        return None
+    units = sorted({g.privacy.get("unit", "") for g in weak})
+    low = min(g.privacy["epsilon"] for g in weak)
+    high = max(g.privacy["epsilon"] for g in weak)
+    span = f"{low:,.4g}" if low == high else f"{low:,.4g} to {high:,.4g}"
+    return (
+        f"Warning: {len(weak)} of {len(groups)} settings have epsilon {span} per "
+        f"{' or '.join(units)}. That is no meaningful protection: it allows an output to be "
+        f"e^{low:,.4g} times more likely with one {units[0]}'s data than with another's, so "
+        "an attacker may tell them apart. Do not describe these results as private; only "
+        "epsilon near or below 1 per image or patient protects in the usual sense."
+    )
+
+
 def epsilon_strength(privacy: dict[str, Any], unit: str) -> str:
     """Epsilon per `unit` with its strength, e.g. "4,096 (no meaningful protection)"."""
     text = epsilon_text(privacy, unit)

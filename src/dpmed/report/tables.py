@@ -1,4 +1,11 @@
-"""Result tables: runs grouped over seeds, mean +- sd, and the paper's Table 1 layout."""
+"""Result tables: runs grouped over seeds, each number with the number of seeds and a 95%
+confidence interval, and the paper's Table 1 layout.
+
+>>> setting_label({"technique": "laplace", "noise_scale": 2.0, "lr": 0.001}, ["noise_scale", "lr"])
+'b = 2, lr = 0.001'
+>>> [round(v, 3) for v in wilson(500, 624)]  # 80% of 624 test images: about +-3 points
+[0.768, 0.831]
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
+
+from scipy import stats
 
 from dpmed.errors import ConfigError
 
@@ -17,6 +26,22 @@ PAPER_TABLE1 = {
 NOT_COMPARED = {"seed", "data_root"}  # repeats and locations, not settings
 EPSILON_UNITS = ("record", "patient", "image", "pixel")  # the units a report shows epsilon per
 DP_TRAINING = ("dp-sgd", "diffprivlib")  # techniques whose guarantee comes from training
+PERCENT = ("accuracy", "sensitivity", "specificity")  # shown in %, with a binomial interval
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+CI_NOTE = (
+    "Each cell is the value of one seed or the mean over seeds, with its 95% confidence "
+    "interval in brackets: over several seeds a t-interval (mean ± t sd / sqrt(n)); for one "
+    "seed a Wilson binomial interval on the test set (its images for accuracy, its positives "
+    "for sensitivity, its negatives for specificity), which covers the test sample only, not "
+    "the training's randomness. Accuracy, sensitivity and specificity in %."
+)
+NOISE_SCALE_NAMES = {"laplace": "b", "dppix": "b", "weighted-laplace": "b", "gaussian": "sigma"}
+SETTING_NAMES = {
+    "target_epsilon": "target epsilon",
+    "noise_multiplier": "noise multiplier",
+    "max_grad_norm": "clip",
+    "batch_size": "batch",
+}
 NO_TRAIN_METRICS = (
     "Training metrics of DP-trained models are not computed from the private training "
     "images: they would be published without a guarantee."
@@ -48,12 +73,85 @@ class Group:
         """The guarantee of the group's first run (seeds share their settings)."""
         return self.runs[0]["summary"]["privacy"]
 
-    def mean_sd(self, *path: str, scale: float = 1.0, digits: int = 2) -> str:
-        values = [scale * v for v in self.values(*path)]
+    def estimate(self, split: str, metric: str) -> str:
+        """The value (one seed) or mean over seeds with its 95% interval (see CI_NOTE), e.g.
+        "62.5 [51.6, 72.2]"; accuracy, sensitivity and specificity in %."""
+        values = self.values(split, metric)
         if not values:
             return "n/a"
-        mean = f"{statistics.fmean(values):.{digits}f}"
-        return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.{digits}f}"
+        scale, digits = (100, 1) if metric in PERCENT else (1, 3)
+        mean = statistics.fmean(values)
+        interval = confidence_interval(values, trials(self.runs[0]["summary"], split, metric))
+        text = f"{scale * mean:.{digits}f}"
+        if interval is None:
+            return text
+        low, high = (max(0.0, min(1.0, v)) for v in interval)
+        return f"{text} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def trials(summary: dict[str, Any], split: str, metric: str) -> int | None:
+    """How many examples a binomial metric of `split` counts: its images (or records) for
+    accuracy, positives for sensitivity, negatives for specificity; None when unknown."""
+    sizes = summary.get("images") or summary.get("records") or {}
+    n, positives = sizes.get(split), (summary.get("positives") or {}).get(split)
+    if metric == "accuracy":
+        return n
+    if positives is None or n is None or metric not in PERCENT:
+        return None
+    return positives if metric == "sensitivity" else n - positives
+
+
+def confidence_interval(values: list[float], trials: int | None) -> tuple[float, float] | None:
+    """95% interval: over several seeds a t-interval of their mean; for one seed of a
+    binomial metric the Wilson interval on its `trials`; else None (nothing to say)."""
+    if len(values) > 1:
+        half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+        mean = statistics.fmean(values)
+        return mean - half, mean + half
+    if trials:
+        return wilson(round(values[0] * trials), trials)
+    return None
+
+
+def wilson(successes: int, trials: int) -> tuple[float, float]:
+    """The Wilson score 95% interval of a binomial proportion."""
+    p, z2 = successes / trials, Z95**2
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = Z95 * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials**2)) / (1 + z2 / trials)
+    return centre - half, centre + half
+
+
+def setting_label(config: dict[str, Any], keys: list[str]) -> str:
+    """The settings `keys` of a run as a reader would say them, e.g. "b = 2, lr = 0.001"
+    (a technique by its name alone)."""
+    parts = []
+    for key in keys:
+        value = config.get(key)
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        if key == "technique":
+            parts.append(text)
+            continue
+        name = SETTING_NAMES.get(key, key.replace("_", " "))
+        if key == "noise_scale":
+            name = NOISE_SCALE_NAMES.get(config.get("technique"), "noise scale")
+        parts.append(f"{name} = {text}")
+    return ", ".join(parts) or "all runs"
+
+
+def majority_rate(summary: dict[str, Any], split: str = "test") -> float | None:
+    """The share of the majority class in `split`, what always guessing it scores (chance):
+    from the summary's positives, else from accuracy, sensitivity and specificity."""
+    sizes = summary.get("images") or summary.get("records") or {}
+    positives = (summary.get("positives") or {}).get(split)
+    if positives is not None and sizes.get(split):
+        rate = positives / sizes[split]
+    else:
+        scores = summary.get(split) or {}
+        sens, spec, acc = (scores.get(k) for k in ("sensitivity", "specificity", "accuracy"))
+        if None in (sens, spec, acc) or sens == spec:
+            return None
+        rate = (acc - spec) / (sens - spec)  # accuracy = rate sens + (1 - rate) spec
+    return max(rate, 1 - rate)
 
 
 def varying_settings(runs: list[dict[str, Any]]) -> list[str]:
@@ -70,7 +168,7 @@ def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
     groups: dict[str, Group] = {}
     for run in runs:
         settings = {k: v for k, v in run["config"].items() if k not in NOT_COMPARED}
-        label = ", ".join(f"{k}={run['config'][k]}" for k in varying) or "all runs"
+        label = setting_label(run["config"], varying)
         groups.setdefault(label, Group(label, settings, [])).runs.append(run)
     return list(groups.values())
 
@@ -103,7 +201,7 @@ def tune_runs(runs: list[dict[str, Any]], tune: list[str]) -> list[Tuned]:
     rest = [k for k in varying if k not in tune]
     candidates: dict[str, dict[Any, list[dict[str, Any]]]] = {}
     for run in runs:
-        label = ", ".join(f"{k}={run['config'][k]}" for k in rest) or "all runs"
+        label = setting_label(run["config"], rest)
         candidates.setdefault(label, {}).setdefault(run["config"]["seed"], []).append(run)
     tuned = []
     for label, by_seed in candidates.items():
@@ -113,7 +211,7 @@ def tune_runs(runs: list[dict[str, Any]], tune: list[str]) -> list[Tuned]:
         }
         choices: dict[str, list[str]] = {}
         for seed, run in best.items():
-            choice = ", ".join(f"{k}={run['config'][k]}" for k in tune)
+            choice = setting_label(run["config"], tune)
             choices.setdefault(choice, []).append(str(seed))
         spent = [tuning_privacy([r["summary"]["privacy"] for r in rs]) for rs in by_seed.values()]
         tuned.append(
@@ -139,6 +237,21 @@ def _spent_order(privacy: dict[str, Any]) -> tuple[float, ...]:
     return tuple(math.inf if v is None else v for v in values)
 
 
+METRIC_HEADERS = [
+    "test accuracy (%) [95% CI]",
+    "test ROC-AUC [95% CI]",
+    "sensitivity (%) [95% CI]",
+    "specificity (%) [95% CI]",
+]
+
+
+def metric_cells(group: Group) -> list[str]:
+    """The test metrics of METRIC_HEADERS for one group."""
+    return [
+        group.estimate("test", m) for m in ("accuracy", "roc_auc", "sensitivity", "specificity")
+    ]
+
+
 def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
     units = stated_units([t.privacy for t in tuned])
     privacy = [_with_adjacency(t.privacy, t.group.privacy) for t in tuned]
@@ -149,10 +262,7 @@ def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
             "seeds",
             "candidates per seed",
             "chosen on validation",
-            "test accuracy (%)",
-            "test ROC-AUC",
-            "sensitivity",
-            "specificity",
+            *METRIC_HEADERS,
             *(f"epsilon per {u}, tuning included" for u in units),
             *extra,
         ]
@@ -165,10 +275,7 @@ def tuned_table(tuned: list[Tuned]) -> list[list[str]]:
                 str(len(g.runs)),
                 str(t.candidates),
                 t.chosen,
-                g.mean_sd("test", "accuracy", scale=100),
-                g.mean_sd("test", "roc_auc", digits=3),
-                g.mean_sd("test", "sensitivity", digits=3),
-                g.mean_sd("test", "specificity", digits=3),
+                *metric_cells(g),
                 *(epsilon_text(t.privacy, u) for u in units),
                 *privacy_cells(p, extra),
             ]
@@ -182,17 +289,15 @@ def _with_adjacency(tuned: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
 
 
 def privacy_columns(privacies: list[dict[str, Any]]) -> list[str]:
-    """The headers of the delta and adjacency columns these guarantees need: delta where
-    some delta is nonzero, adjacency where some guarantee states one."""
-    return [
-        *(["delta"] * any(p.get("delta") for p in privacies)),
-        *(["adjacency"] * any(p.get("adjacency") for p in privacies)),
-    ]
+    """The headers of the delta and adjacency columns: delta always (0 for pure DP),
+    adjacency where some guarantee states one."""
+    return ["delta", *(["adjacency"] * any(p.get("adjacency") for p in privacies))]
 
 
 def privacy_cells(privacy: dict[str, Any], columns: list[str]) -> list[str]:
     """The cells of `privacy_columns` for one guarantee ("" where it states nothing)."""
-    cells = {"delta": delta_text(privacy.get("delta")), "adjacency": privacy.get("adjacency")}
+    delta = "n/a (no noise)" if privacy.get("epsilon") is None else delta_text(privacy.get("delta"))
+    cells = {"delta": delta, "adjacency": privacy.get("adjacency")}
     return [cells[c] or "" for c in columns]
 
 
@@ -212,8 +317,8 @@ def stated_units(privacies: list[dict[str, Any]]) -> list[str]:
 
 
 def summary_table(groups: list[Group]) -> list[list[str]]:
-    """Mean ± sd per setting, its epsilon per unit, delta and adjacency where they say
-    something; train accuracy where some setting has it (DP training computes none)."""
+    """Per setting its seeds, test metrics with 95% intervals, epsilon per unit, delta and
+    adjacency; train accuracy where some setting has it (DP training computes none)."""
     units = reported_units([r for g in groups for r in g.runs])
     extra = privacy_columns([g.privacy for g in groups])
     train = any(g.values("train", "accuracy") for g in groups)
@@ -221,11 +326,8 @@ def summary_table(groups: list[Group]) -> list[list[str]]:
         [
             "setting",
             "seeds",
-            "test accuracy (%)",
-            "test ROC-AUC",
-            "sensitivity",
-            "specificity",
-            *(["train accuracy (%)"] * train),
+            *METRIC_HEADERS,
+            *(["train accuracy (%) [95% CI]"] * train),
             *(f"epsilon per {u}" for u in units),
             *extra,
         ]
@@ -235,10 +337,7 @@ def summary_table(groups: list[Group]) -> list[list[str]]:
             [
                 g.label,
                 str(len(g.runs)),
-                g.mean_sd("test", "accuracy", scale=100),
-                g.mean_sd("test", "roc_auc", digits=3),
-                g.mean_sd("test", "sensitivity", digits=3),
-                g.mean_sd("test", "specificity", digits=3),
+                *metric_cells(g),
                 *([train_text(g)] * train),
                 *(epsilon_text(g.privacy, u) for u in units),
                 *privacy_cells(g.privacy, extra),
@@ -251,7 +350,7 @@ def train_text(group: Group) -> str:
     """Train accuracy, or why a DP-trained setting has none."""
     if not group.values("train", "accuracy") and is_dp_trained(group.runs[0]):
         return "not computed (DP training)"
-    return group.mean_sd("train", "accuracy", scale=100)
+    return group.estimate("train", "accuracy")
 
 
 def is_dp_trained(run: dict[str, Any]) -> bool:
@@ -276,16 +375,16 @@ def is_paper_grid(runs: list[dict[str, Any]]) -> bool:
 
 
 def paper_table(groups: list[Group]) -> list[list[str]]:
-    """Table 1's layout: our accuracy (mean ± sd over seeds) beside the paper's, and the
-    settings that differ between the scales (the recipe chosen for each b)."""
+    """Table 1's layout: our accuracy (mean over seeds, 95% interval) beside the paper's,
+    and the settings that differ between the scales (the recipe chosen for each b)."""
     by_scale = sorted(groups, key=lambda g: g.settings["noise_scale"])
     scales = [g.settings["noise_scale"] for g in by_scale]
-    rows = [["accuracy (%)"] + ["original" if b == 0 else f"b={b:g}" for b in scales]]
+    rows = [["accuracy (%)"] + ["original" if b == 0 else f"b = {b:g}" for b in scales]]
     for split in ("test", "train"):
         rows.append(
             [split]
             + [
-                f"{g.mean_sd(split, 'accuracy', scale=100)} (paper {PAPER_TABLE1[split][b]:.2f})"
+                f"{g.estimate(split, 'accuracy')} (paper {PAPER_TABLE1[split][b]:.2f})"
                 for g, b in zip(by_scale, scales, strict=True)
             ]
         )
@@ -323,12 +422,13 @@ def sweep_time(runs: list[dict[str, Any]]) -> str:
 
 
 def timing_table(runs: list[dict[str, Any]]) -> list[list[str]]:
+    keys = [*varying_settings(runs), "seed"]
     rows = [["run", "best epoch", "wall time (s)", "train examples/s"]]
     for r in runs:
         timing = r["summary"]["timing"]
         rows.append(
             [
-                r["name"],
+                setting_label(r["config"], keys),
                 str(r["summary"]["best_epoch"]),
                 f"{timing['total_seconds']:.1f}",
                 f"{timing['train_images_per_second']:.0f}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dpmed.errors import ConfigError
-from dpmed.progress import make_progress
+from dpmed.progress import make_progress, progress_bar
 from dpmed.train.metrics import binary_metrics
 
 if TYPE_CHECKING:
@@ -212,29 +211,32 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
-_FEATURES: dict[str, np.ndarray] = {}  # a fixed stage's output for recent image arrays
-_FEATURES_KEPT = 3  # train, val and test of one data set
-
-
 @torch.no_grad()
 def _features(
     stage: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 256
 ) -> np.ndarray:
-    """A fixed stage's output for every image: (N, C, H', W') float32. Computed once per
-    image array; later runs in this process on the same images (a sweep's seeds and
-    epsilons) reuse it: the stage is fixed, so its output depends on the images alone."""
-    key = f"{stage!r}|{images.shape}|{hashlib.sha256(images.tobytes()).hexdigest()}"
-    if key not in _FEATURES:
+    """A fixed stage's output for every image: (N, C, H', W') float32, computed once per
+    image array (with a progress bar) and cached on disk beside the releases: the stage is
+    fixed, so its output depends on the images alone, and later runs on the same images (a
+    sweep's seeds and epsilons, a rerun) read it back. The file's name is an HMAC under the
+    cache's secret (`secret.cache_tag`): it reveals nothing about the images."""
+    from dpmed.data.images import atomic_write
+    from dpmed.data.root import cache_dir
+    from dpmed.privacy import secret
+
+    tag = secret.cache_tag({"draw": "fixed-stage features", "stage": repr(stage), "images": images})
+    path = cache_dir() / "features" / f"{type(stage).__name__.lower()}-{tag}.npy"
+    if not path.exists():
         stage.eval()
-        _FEATURES[key] = np.concatenate(
+        starts = range(0, len(images), batch_size)
+        features = np.concatenate(
             [
                 stage(_to_input(images[start : start + batch_size], device)).float().cpu().numpy()
-                for start in range(0, len(images), batch_size)
+                for start in progress_bar(starts, f"{type(stage).__name__} features")
             ]
         )
-        while len(_FEATURES) > _FEATURES_KEPT:
-            del _FEATURES[next(iter(_FEATURES))]
-    return _FEATURES[key]
+        atomic_write(path, lambda handle: np.save(handle, features))
+    return np.load(path)
 
 
 def _to_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
