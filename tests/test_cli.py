@@ -216,14 +216,8 @@ def test_bench_paper_quick_prints_table1_and_resumes(real_data, tmp_path, capsys
     args = [
         "bench",
         "paper-quick",
-        "--model",
-        "small-cnn",
-        "--epochs",
-        "1",
         "--max-images",
         "30",
-        "--image-size",
-        "32",
         "--quiet",
         "--data-root",
         str(real_data),
@@ -233,12 +227,13 @@ def test_bench_paper_quick_prints_table1_and_resumes(real_data, tmp_path, capsys
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "paper 82.69" in printed and "b = 4" in printed
-    assert "| epsilon per image | inf (no noise) | 1,024 | 512 | 256 |" in printed
+    assert "| epsilon per image | inf (no noise) | 50,176 | 25,088 | 12,544 |" in printed
+    assert "| postprocess | down8 | down8 | down14 | down14 |" in printed
     db = sqlite3.connect(out / "results.db")
     before = db.execute("SELECT id, finished FROM runs ORDER BY id").fetchall()
-    assert len(before) == 4
+    assert len(before) == 12  # 4 noise scales, 3 seeds
     assert cli.main(args) == 0
-    assert "4 of 4 runs finished before" in capsys.readouterr().out
+    assert "12 of 12 runs finished before" in capsys.readouterr().out
     assert db.execute("SELECT id, finished FROM runs ORDER BY id").fetchall() == before
 
 
