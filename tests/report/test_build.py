@@ -83,6 +83,8 @@ def test_epsilon_text_tells_no_noise_from_a_unit_not_reported():
     dp_sgd = {"epsilon": 0.5, "epsilon_per_image": 0.5, "epsilon_per_pixel": None}
     assert epsilon_text(dp_sgd, "pixel") == "n/a"
     assert epsilon_text(dp_sgd, "image") == "0.5"
+    per_patient = {"epsilon": 50_176.0, "epsilon_per_patient": 1_555_456.0}
+    assert epsilon_text(per_patient, "patient") == "1,555,456"  # not 1.55546e+06
 
 
 def test_table_runs_are_reported_per_record_and_a_void_guarantee_says_so(tmp_path, capsys):

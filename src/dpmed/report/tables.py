@@ -447,7 +447,8 @@ def epsilon_text(privacy: dict[str, Any], unit: str) -> str:
             return "inf (no noise)"
         return "unknown" if unit == "patient" else "n/a"
     void = " (does not hold: bounds read from the data)"
-    return f"{value:,.6g}" + (void if privacy.get("guarantee_holds") is False else "")
+    text = f"{value:,.0f}" if value >= 1e6 else f"{value:,.6g}"  # 1,555,456, not 1.55546e+06
+    return text + (void if privacy.get("guarantee_holds") is False else "")
 
 
 def markdown(rows: list[list[str]]) -> str:
