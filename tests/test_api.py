@@ -25,7 +25,7 @@ def test_the_readme_api_example_runs(real_data, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "for epsilon 2 per image" in printed and "392.0" in printed
     assert "test accuracy" in printed
-    [row] = scope["rows"]
+    [row] = scope["rows"].to_dict("records")
     assert row["test_accuracy"] == scope["summary"]["test"]["accuracy"]
     assert row["epsilon_per_image"] == 392.0 and row["guarantee_holds"] is True
     assert "data_root" not in row

@@ -10,8 +10,8 @@ A small API for notebooks (each call imports what it needs, so `import dpmed` st
 - `plan_dpsgd(...)`: DP-SGD's noise multiplier for a target epsilon, or the epsilon of a
   noise multiplier, from N, batch size, epochs and delta (`dpmed privacy --mechanism
   dp-sgd`), with the accountant training uses.
-- `load_results(folder)`: a sweep's (or run folder's) results, one dict per run with the
-  columns of results.csv; `pandas.DataFrame(load_results(folder))` makes a data frame.
+- `load_results(folder)`: a sweep's (or run folder's) results as a pandas DataFrame, one
+  row per run with the columns of results.csv.
 
 >>> guarantee("laplace", noise_scale=2, image_size=28)["epsilon_per_image"]
 392.0
@@ -20,7 +20,10 @@ A small API for notebooks (each call imports what it needs, so `import dpmed` st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas
 
 __version__ = "0.1.0"
 __all__ = ["experiment", "guarantee", "load_results", "plan_dpsgd"]
@@ -116,10 +119,13 @@ def plan_dpsgd(
     )
 
 
-def load_results(folder: str | Path) -> list[dict[str, Any]]:
+def load_results(folder: str | Path) -> pandas.DataFrame:
     """The finished runs of a sweep folder (its results.db) or a run folder (its
-    summary.json), one dict per run with the columns `dpmed report` writes to results.csv:
-    settings, best epoch, train/val/test metrics (fractions), guarantee and timing."""
+    summary.json), a DataFrame with one row per run and the columns `dpmed report` writes
+    to results.csv: settings, best epoch, train/val/test metrics (fractions), guarantee
+    and timing."""
+    import pandas
+
     from dpmed.report.build import load, result_rows
 
-    return result_rows(load([Path(folder)]).runs)
+    return pandas.DataFrame(result_rows(load([Path(folder)]).runs))
