@@ -228,7 +228,7 @@ def test_bench_paper_quick_prints_table1_and_resumes(real_data, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "paper 82.69" in printed and "b = 4" in printed
     assert "| epsilon per image | inf (no noise) | 50,176 | 25,088 | 12,544 |" in printed
-    assert "| postprocess | down8 | down8 | down14 | down14 |" in printed
+    assert "| postprocess | down8 | down14 | down14 | down14 |" in printed
     db = sqlite3.connect(out / "results.db")
     before = db.execute("SELECT id, finished FROM runs ORDER BY id").fetchall()
     assert len(before) == 12  # 4 noise scales, 3 seeds
