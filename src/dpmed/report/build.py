@@ -144,15 +144,16 @@ def _blocks(loaded: Loaded, figures: Path) -> list[Block]:
     ]
     if tables.is_paper_grid(runs):
         size = provenance.distinct(r["summary"].get("image_size") for r in runs)
+        trained = provenance.distinct(r["summary"].get("input_size") for r in runs)
         blocks += [
             ("h2", "Table 1: accuracy against Laplace noise (ours beside the paper's)"),
             ("table", tables.paper_table(groups)),
             (
                 "p",
                 "The paper fine-tuned an ImageNet ResNet-18 at 224x224 for 120 epochs; these "
-                f"runs are at {size} pixels a side: compare the shape (accuracy against b), "
-                "not the digits, at other scales. Its b = 1 is epsilon = 1 per pixel but d "
-                "per image of d pixels.",
+                f"runs release {size} pixels a side and train at {trained}: the per-pixel "
+                "epsilon is the paper's, the model and its input are not. Its b = 1 is "
+                "epsilon = 1 per pixel but d per image of d pixels.",
             ),
         ]
     no_train = tables.lacks_train_metrics(runs)
