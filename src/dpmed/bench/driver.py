@@ -136,6 +136,7 @@ def _drive(
 ) -> None:
     names = {r.id: r.name for r in todo}
     started: dict[str, float] = {}
+    recorded: set[str] = set()
     stop = True
     with live_display(progress.render()) as live:
         try:
@@ -148,23 +149,27 @@ def _drive(
                 for future in finished:
                     run = futures[future]
                     _record(run, _outcome(future), store, progress, started, log)
+                    recorded.add(run.id)
                 live.update(progress.render())
             stop = False
         finally:
             executor.shutdown(stop)
-            if stop:  # the stopped runs' workers are gone: remove their staging folders
-                _remove_staging(out, todo)
+            if stop:  # the stopped runs' workers are gone: remove what they left
+                _remove_unrecorded(out, [r for r in todo if r.id not in recorded])
 
 
 def _folder(out: Path, run: PlannedRun) -> Path:
     return out / "runs" / run.id
 
 
-def _remove_staging(out: Path, runs: list[PlannedRun]) -> None:
+def _remove_unrecorded(out: Path, runs: list[PlannedRun]) -> None:
+    """The staging folders of runs the stop cut short, and the run folders of runs that
+    ended as the sweep stopped but were not recorded (a resume runs them again)."""
     from dpmed.run import staging_folder
 
     for run in runs:
         shutil.rmtree(staging_folder(_folder(out, run)), ignore_errors=True)
+        shutil.rmtree(_folder(out, run), ignore_errors=True)
 
 
 def _on_event(kind, run_id, value, names, store, progress, started) -> None:
