@@ -66,8 +66,7 @@ def guarantee(
     `target_epsilon` per `unit`: epsilon per pixel, image and (with k) patient, the noise
     scale and the assumptions. `settings`: the mechanism's own (cell_size, weight_floor...)."""
     from dpmed.config import RunConfig
-    from dpmed.privacy import Unit
-    from dpmed.privacy.accounting import account
+    from dpmed.privacy.accounting import account_setting
 
     config = RunConfig.from_mapping(
         {
@@ -81,15 +80,7 @@ def guarantee(
         },
         source="dpmed.guarantee",
     )
-    report = account(
-        config.input_mechanism(),
-        pixels_per_image=image_size * image_size,
-        noise_scale=config.noise_scale,
-        target_epsilon=config.target_epsilon,
-        unit=Unit.parse(config.resolved_unit),
-        delta=config.delta,
-        images_per_patient=images_per_patient,
-    )
+    report = account_setting(config, images_per_patient=images_per_patient)
     return report.to_dict() | {"image_size": image_size}
 
 

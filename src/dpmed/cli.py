@@ -434,8 +434,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _privacy(args: argparse.Namespace) -> int:
-    from dpmed.privacy import Unit
-    from dpmed.privacy.accounting import account
+    from dpmed.privacy.accounting import account_setting
 
     if args.technique == "dp-sgd":
         return _privacy_dpsgd(args)
@@ -445,15 +444,7 @@ def _privacy(args: argparse.Namespace) -> int:
         raise DpmedError(f"images_per_patient must be >= 1, got {args.images_per_patient}")
     config = RunConfig.from_mapping(_overrides(args), source="flags")
     size = config.resolved_image_size
-    report = account(
-        config.input_mechanism(),
-        pixels_per_image=size * size,
-        noise_scale=config.noise_scale,
-        target_epsilon=config.target_epsilon,
-        unit=Unit.parse(config.resolved_unit),
-        delta=config.delta,
-        images_per_patient=args.images_per_patient,
-    )
+    report = account_setting(config, images_per_patient=args.images_per_patient)
     if args.json:
         print(json.dumps(report.to_dict() | {"image_size": size}, indent=2))
         return 0

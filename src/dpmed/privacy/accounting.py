@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpmed.errors import ConfigError
 from dpmed.privacy.guarantee import NO_PRIVACY, PrivacyGuarantee, Unit
 from dpmed.privacy.mechanism import InputMechanism
+
+if TYPE_CHECKING:
+    from dpmed.config import RunConfig
 
 IMAGE = Unit("image")
 NO_PATIENTS = (
@@ -138,4 +141,19 @@ def account(
         images_per_patient=images_per_patient,
         headline=by_unit[key],
         by_unit=by_unit,
+    )
+
+
+def account_setting(config: RunConfig, *, images_per_patient: int | None = None) -> Accounting:
+    """The guarantee of `config`'s input-noise setting on square images of its image size,
+    planned without data (`dpmed privacy`, `dpmed.guarantee`)."""
+    size = config.resolved_image_size
+    return account(
+        config.input_mechanism(),
+        pixels_per_image=size * size,
+        noise_scale=config.noise_scale,
+        target_epsilon=config.target_epsilon,
+        unit=Unit.parse(config.resolved_unit),
+        delta=config.delta,
+        images_per_patient=images_per_patient,
     )
