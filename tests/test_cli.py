@@ -429,6 +429,7 @@ def test_dp_sgd_run_spends_at_most_its_target_and_learns(real_data, tmp_path):
     assert privacy["noise_source"] == "operating-system entropy" and privacy["key_id"] is None
     assert "noise_scale" not in privacy and "release_sha256" not in privacy  # no input noise
     assert summary["train"] is None and "train_accuracy" not in (out / "metrics.csv").read_text()
+    assert set(summary["positives"]) == {"val", "test"}  # no count of the private labels
     assert summary["test"]["roc_auc"] > 0.75
 
 

@@ -37,6 +37,8 @@ def test_table_run_writes_its_folder_with_the_guarantee_per_record(tmp_path, tec
     assert privacy["unit"] == "record" and summary["records"]["test"] == 114
     assert privacy["epsilon_per_record"] == (None if technique == "none" else pytest.approx(3))
     assert len(summary["features"]) == 30
+    private_labels = technique == "diffprivlib"  # DP training protects the training labels
+    assert ("train" in summary["positives"]) is not private_labels
     model_file = pickle.loads((out / "model.pkl").read_bytes())
     assert model_file.predict_proba([[0.5] * 30]).shape == (1, 2)
     if technique == "none":
@@ -57,6 +59,7 @@ def test_dp_sgd_mlp_on_a_table_spends_at_most_its_target_and_learns(tmp_path):
     assert privacy["grad_sample_mode"] == "hooks"  # auto, for a model not measured
     assert summary["test"]["roc_auc"] > 0.8
     assert summary["train"] is None  # DP training: the clean training rows are not scored
+    assert set(summary["positives"]) == {"val", "test"}  # nor their labels counted
     config = yaml.safe_load((out / "config.yaml").read_text())  # the values actually used
     assert config["delta"] == privacy["delta"] > 0 and config["grad_sample_mode"] == "hooks"
     assert config["noise_multiplier"] == privacy["noise_multiplier"]

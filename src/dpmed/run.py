@@ -160,7 +160,13 @@ def run_experiment(
             privacy |= secret.noise_source()
         best = best_epoch(records)
         sizes = {split: len(labels) for split, (_, labels) in inputs.items()}
-        positives = {split: int(np.sum(labels)) for split, (_, labels) in inputs.items()}
+        # under DP training the training labels are protected: their count is not published
+        dp_trained = config.technique in ("dp-sgd", "diffprivlib")
+        positives = {
+            split: int(np.sum(labels))
+            for split, (_, labels) in inputs.items()
+            if not (dp_trained and split == "train")
+        }
         summary = {
             "dataset": config.dataset,
             "technique": config.technique,
