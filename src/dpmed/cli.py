@@ -76,6 +76,9 @@ FLAG_HELP = {
     "2022): same epsilon, about K times the compute (default 1)",
     "balanced_loss": "weight the loss by inverse class frequency (default false)",
     "ema_decay": "evaluate and keep an exponential moving average of the weights (e.g. 0.99)",
+    "threshold": "decision threshold: fixed (0.5), or validation (the best balanced accuracy "
+    "on the validation split, chosen after every epoch; free: validation images are not "
+    "training images) (default fixed)",
     "val_fraction": "share of train held out for validation, grouped by patient (default 0.1)",
     "max_images": "cap every split at N images, stratified (quick runs)",
     "seed": "seed for the split, the noise release and training (default 0)",
@@ -175,6 +178,7 @@ FLAG_GROUPS = {  # --help shows the settings in these groups
         "augment_multiplicity",
         "balanced_loss",
         "ema_decay",
+        "threshold",
         "device",
     ],
 }

@@ -24,6 +24,7 @@ from dpmed.models.tabular import CLASSIFIERS, TABLE_MODELS
 from dpmed.models.vision import SCATTERNETS
 from dpmed.privacy import MECHANISMS, InputMechanism, Unit, build_mechanism
 from dpmed.privacy.postprocess import parse_postprocess, postprocessed_size
+from dpmed.train.metrics import THRESHOLDS
 
 IMAGE_DATASETS = {"chest-xray": 64, "pneumoniamnist": 28}  # name -> default image size
 DATASETS = (*IMAGE_DATASETS, *TABLES)
@@ -89,6 +90,7 @@ class RunConfig:
     augment_multiplicity: int = 1
     balanced_loss: bool = False
     ema_decay: float | None = None
+    threshold: str = "fixed"
     val_fraction: float = 0.1
     max_images: int | None = None
     seed: int = 0
@@ -173,6 +175,7 @@ class RunConfig:
         _choice("technique", self.technique, TECHNIQUES)
         _choice("model", self.model, MODELS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("threshold", self.threshold, THRESHOLDS)
         _choice("device", self.device, DEVICES)
         if self.noise_scale < 0:
             raise ConfigError(

@@ -131,6 +131,7 @@ def run_experiment(
                     inputs,
                     checkpoint=staging / "model.pkl",
                     score_train=config.technique != "diffprivlib",
+                    threshold=config.threshold,
                 )
             ]
             if on_epoch:
@@ -179,6 +180,7 @@ def run_experiment(
             "seed": config.seed,
             "epochs": len(records),
             "best_epoch": best.epoch,
+            "threshold": best.threshold,  # the decision threshold of the metrics below
             # None under DP training: the clean training images are not scored
             **{split: best.metrics.get(split) for split in ("train", "val", "test")},
             "privacy": privacy,
@@ -395,6 +397,7 @@ def _settings(config: RunConfig) -> TrainSettings:
         balanced_loss=config.balanced_loss,
         seed=config.seed,
         ema_decay=config.ema_decay,
+        threshold=config.threshold,
     )
 
 
@@ -461,13 +464,13 @@ def _write_run(
         writer.writerow(
             ["epoch", "seconds", "train_images_per_second"]
             + [f"{s}_{m}" for s in splits for m in METRICS]
-            + [f"epsilon_per_{summary['privacy']['unit']}"]
+            + ["threshold", f"epsilon_per_{summary['privacy']['unit']}"]
         )
         for r, epsilon in zip(records, epsilons, strict=True):
             writer.writerow(
                 [r.epoch, round(r.seconds, 3), round(r.train_images_per_second, 1)]
                 + [r.metrics[s][m] for s in splits for m in METRICS]
-                + [epsilon]
+                + [r.threshold, epsilon]
             )
     (folder / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     privacy = summary["privacy"]

@@ -79,6 +79,7 @@ def test_report_of_a_real_sweep_states_its_setup_guarantee_and_strength(tmp_path
         "| learning rate | 0.001 |",
         "| epochs | 2 |",
         "| batch size | 20 |",
+        "| decision threshold | 0.5 |",
         "| seeds | 0, 1 |",
         "| date (UTC) | 20",
         "| dpmed version | 0.1.0 |",
@@ -105,7 +106,8 @@ def test_report_of_a_real_sweep_states_its_setup_guarantee_and_strength(tmp_path
         header = handle.readline().strip().split(",")
     assert len(header) == len(set(header)) and "data_root" not in header
     metrics = (out / "runs").glob("*/metrics.csv")
-    assert all(m.read_text().splitlines()[0].endswith(",epsilon_per_image") for m in metrics)
+    ends = ",threshold,epsilon_per_image"
+    assert all(m.read_text().splitlines()[0].endswith(ends) for m in metrics)
 
     # a run folder alone, and two folders in one comparison
     run_folder = next((out / "runs").iterdir())
@@ -131,3 +133,17 @@ def test_a_run_folder_without_a_summary_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no results database or run summary" in err and len(err.splitlines()) == 1
+
+
+def test_provenance_states_the_validation_threshold_rule_and_the_cuts_it_chose():
+    from dpmed.report.provenance import provenance_table
+
+    runs = [
+        {"config": {"threshold": "validation", "seed": 0}, "summary": {"threshold": 0.8125}},
+        {"config": {"threshold": "validation", "seed": 1}, "summary": {"threshold": 0.9}},
+        {"config": {"threshold": "fixed", "seed": 0}, "summary": {"threshold": 0.5}},
+    ]
+    rows = dict(provenance_table(runs, {}))
+    assert rows["decision threshold"] == (
+        "0.5 / best balanced accuracy on validation (0.81 to 0.90)"
+    )

@@ -13,10 +13,11 @@ from dpmed.train.loop import (
     _average_copies,
     _losses,
     best_epoch,
-    evaluate,
     fit,
+    predict,
     random_affine,
 )
+from dpmed.train.metrics import balanced_threshold, binary_metrics
 from tests.train.helpers import assert_trained_alike, flat
 
 
@@ -64,13 +65,28 @@ def test_fit_is_deterministic_on_cpu_and_checkpoints_the_best_epoch(tmp_path):
     best = best_epoch(records)
     restored, _ = build_model("small-cnn")
     restored.load_state_dict(torch.load(tmp_path / "a.pt", weights_only=True))
-    val = evaluate(restored, *data["val"], device=torch.device("cpu"))
+    val = binary_metrics(*predict(restored, *data["val"], device=torch.device("cpu")))
     assert val == best.metrics["val"]
 
 
 def test_fit_learns_an_easy_task(tmp_path):
     _, _, records = _fit(tmp_path, "c.pt")
     assert records[-1].metrics["test"]["roc_auc"] > 0.9
+
+
+def test_a_validation_threshold_is_read_from_validation_and_scores_every_split(tmp_path):
+    torch.manual_seed(0)
+    model, _ = build_model("small-cnn")
+    data = {"train": _toy_data(), "val": _toy_data(seed=1), "test": _toy_data(seed=2)}
+    settings = TrainSettings(epochs=2, batch_size=16, lr=3e-3, seed=0, threshold="validation")
+    records = fit(model, data, settings, device=torch.device("cpu"), checkpoint=tmp_path / "t.pt")
+    best = best_epoch(records)
+    restored, _ = build_model("small-cnn")
+    restored.load_state_dict(torch.load(tmp_path / "t.pt", weights_only=True))
+    scores = {s: predict(restored, *data[s], device=torch.device("cpu")) for s in data}
+    assert best.threshold == balanced_threshold(*scores["val"][:2])
+    for split in data:
+        assert best.metrics[split] == binary_metrics(*scores[split], threshold=best.threshold)
 
 
 def test_random_affine_keeps_shape_and_is_seeded():
@@ -91,7 +107,7 @@ def test_ema_weights_are_what_is_evaluated_and_checkpointed(tmp_path):
     assert any(not torch.equal(saved[k], raw[k]) for k in raw)  # not the raw weights
     restored, _ = build_model("small-cnn")
     restored.load_state_dict(saved)
-    val = evaluate(restored, *data["val"], device=torch.device("cpu"))
+    val = binary_metrics(*predict(restored, *data["val"], device=torch.device("cpu")))
     assert val == best_epoch(records).metrics["val"]
 
 

@@ -46,6 +46,7 @@ def provenance_table(
         ["epochs", distinct(c.get("epochs") for c in configs)],
         ["batch size", distinct(c.get("batch_size") for c in configs)],
         ["augmentation", distinct(c.get("augment") for c in configs)],
+        ["decision threshold", _thresholds(configs, summaries)],
         ["seeds", ", ".join(map(str, sorted({c["seed"] for c in configs if "seed" in c})))],
         ["date (UTC)", _dates(runs)],
         ["dpmed version", distinct(_versions(runs, sweeps, "dpmed_version"))],
@@ -54,6 +55,18 @@ def provenance_table(
         ["hardware", distinct(_hardware(s) for s in summaries)],
     ]
     return [["item", "value"]] + [row for row in rows if row[1]]
+
+
+def _thresholds(configs: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> str:
+    """0.5 and/or the validation rule with the range of cuts it chose (runs from before
+    the setting state nothing)."""
+    rules = [c.get("threshold") for c in configs]
+    chosen = [s["threshold"] for r, s in zip(rules, summaries, strict=True) if r == "validation"]
+    fixed = "0.5" if "fixed" in rules else None
+    if not chosen:
+        return distinct([fixed])
+    rule = f"best balanced accuracy on validation ({min(chosen):.2f} to {max(chosen):.2f})"
+    return distinct([fixed, rule])
 
 
 def _known(sweeps: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from dpmed.privacy import secret
 from dpmed.train.loop import EpochRecord
-from dpmed.train.metrics import binary_metrics
+from dpmed.train.metrics import Scores, split_metrics
 
 
 def fit_classifier(
@@ -20,6 +20,7 @@ def fit_classifier(
     *,
     checkpoint: Path,
     score_train: bool = True,
+    threshold: str = "fixed",
 ) -> EpochRecord:
     """Fit on data["train"], evaluate each split (not train when `score_train` is False:
     a DP model's clean training metrics would be published without a guarantee), pickle
@@ -28,17 +29,20 @@ def fit_classifier(
     features, labels = data["train"]
     model.fit(features, labels)
     train_seconds = time.perf_counter() - start
-    metrics = {
-        split: _score(model, *arrays)
-        for split, arrays in data.items()
-        if score_train or split != "train"
-    }
+    metrics, cut = split_metrics(
+        {
+            split: _score(model, *arrays)
+            for split, arrays in data.items()
+            if score_train or split != "train"
+        },
+        threshold,
+    )
     secret.forget_states(model)  # the pickled model must not hold the noise's generator
     checkpoint.write_bytes(pickle.dumps(model))
-    return EpochRecord(1, metrics, time.perf_counter() - start, len(labels) / train_seconds)
+    return EpochRecord(1, metrics, time.perf_counter() - start, len(labels) / train_seconds, cut)
 
 
-def _score(model: Any, features: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+def _score(model: Any, features: np.ndarray, labels: np.ndarray) -> Scores:
     probs = model.predict_proba(features)
     if probs.shape[1] == 1:  # a model that saw one class predicts it with certainty
         probs = (
@@ -47,4 +51,4 @@ def _score(model: Any, features: np.ndarray, labels: np.ndarray) -> dict[str, fl
             else np.hstack([probs, 0 * probs])
         )
     likelihood = probs[np.arange(len(labels)), labels].clip(1e-12, 1)
-    return binary_metrics(labels, probs[:, 1], float(-np.log(likelihood).mean()))
+    return labels, probs[:, 1], float(-np.log(likelihood).mean())

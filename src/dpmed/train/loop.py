@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from dpmed.errors import ConfigError
 from dpmed.progress import make_progress, progress_bar
-from dpmed.train.metrics import binary_metrics
+from dpmed.train.metrics import Scores, split_metrics
 
 if TYPE_CHECKING:
     from dpmed.privacy.dpsgd import DPSGD
@@ -32,6 +32,7 @@ class EpochRecord:
     metrics: dict[str, dict[str, float | None]]  # split -> metric -> value (no train under DP)
     seconds: float
     train_images_per_second: float
+    threshold: float = 0.5  # the decision threshold the metrics were computed at
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainSettings:
     balanced_loss: bool = False
     seed: int = 0
     ema_decay: float | None = None  # evaluate an exponential moving average of the weights
+    threshold: str = "fixed"  # 0.5, or "validation": see metrics.split_metrics
 
 
 def best_epoch(records: list[EpochRecord]) -> EpochRecord:
@@ -143,13 +145,12 @@ def fit(
                     ema.update_parameters(model)
                 progress.advance(task)
             train_seconds = time.perf_counter() - start
-            metrics = {
-                split: evaluate(evaluated, *arrays, device=device)
-                for split, arrays in data.items()
-                if split in scored
-            }
+            metrics, threshold = split_metrics(
+                {split: predict(evaluated, *data[split], device=device) for split in scored},
+                settings.threshold,
+            )
             record = EpochRecord(
-                epoch, metrics, time.perf_counter() - start, len(labels) / train_seconds
+                epoch, metrics, time.perf_counter() - start, len(labels) / train_seconds, threshold
             )
             records.append(record)
             if best_epoch(records) is record:
@@ -175,14 +176,15 @@ def _average_copies(model: nn.Module, copies: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(
+def predict(
     model: nn.Module,
     images: np.ndarray,
     labels: np.ndarray,
     *,
     device: torch.device,
     batch_size: int = 256,
-) -> dict[str, float | None]:
+) -> Scores:
+    """The labels, the model's probability of class 1 for each image, and the mean loss."""
     model.eval()
     probs, total_loss = [], 0.0
     for start in range(0, len(labels), batch_size):
@@ -192,7 +194,7 @@ def evaluate(
             logits = model(x).float()
         total_loss += F.cross_entropy(logits, y, reduction="sum").item()
         probs.append(logits.softmax(dim=1)[:, 1].cpu())
-    return binary_metrics(labels, torch.cat(probs).numpy(), total_loss / len(labels))
+    return labels, torch.cat(probs).numpy(), total_loss / len(labels)
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
