@@ -35,6 +35,8 @@ DP_SGD = {"technique": "dp-sgd", "target_epsilon": 1}
         ({"val_fraction": 1.0}, "val_fraction must lie in"),
         ({"lr": 0}, "lr must be > 0"),
         ({"ema_decay": 1.0}, "ema_decay must lie in"),
+        ({"threshold": 0.5}, "threshold must be str"),
+        ({"threshold": "youden"}, "unknown threshold 'youden'; choose one of: fixed, validation"),
         ({"weights": "w.pt", "model": "small-cnn"}, "weights are only supported"),
         ({"noise_scle": 1}, "unknown setting 'noise_scle'"),
         ({"target_epsilon": 8}, "technique is 'none'"),
