@@ -13,7 +13,8 @@ from dpmed.config import RunConfig
 from dpmed.errors import ConfigError
 from dpmed.models import build_model
 from dpmed.privacy.dpsgd import DPSGD, check_trainable
-from dpmed.train.loop import TrainSettings, evaluate, fit
+from dpmed.train.loop import TrainSettings, fit, predict
+from dpmed.train.metrics import binary_metrics
 
 # model -> its trainable layers (index in the head): the linear layer; the CNN's 2 convs, 2 linears
 HEAD_LAYERS = {"scatternet": (2,), "scatternet-cnn": (1, 3, 7, 9)}
@@ -97,7 +98,9 @@ def test_features_are_computed_once_and_the_head_learns_under_dp_sgd(name, tmp_p
     assert dp.steps == 3 * 8 and dp.epsilon() > 0
     assert records[-1].metrics["test"]["roc_auc"] > 0.8
     # the trained head sits in the model: pixels through the whole model give the same metrics
-    test = evaluate(model, *data["test"], device=torch.device("cpu"))
+    test = binary_metrics(
+        *predict(model, *data["test"], device=torch.device("cpu")), threshold=records[-1].threshold
+    )
     assert test["accuracy"] == records[-1].metrics["test"]["accuracy"]
     assert test["loss"] == pytest.approx(records[-1].metrics["test"]["loss"], rel=1e-5)
     assert set(torch.load(tmp_path / "m.pt")) == _head_weights(name)  # the head's alone
