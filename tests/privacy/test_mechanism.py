@@ -154,3 +154,17 @@ def test_a_release_drawn_in_chunks_has_fresh_noise_for_every_image(mechanism, mo
     assert len(np.unique(rows, axis=0)) == 30
     correlation = np.corrcoef(rows[:7].ravel(), rows[7:14].ravel())[0, 1]
     assert abs(correlation) < 0.2  # sd of r on 448 independent pairs: 0.05
+
+
+@pytest.mark.parametrize(
+    "mechanism", [Laplace(), Laplace(snapping=True), DPPix(1), WeightedLaplace(image_size=64)]
+)
+def test_noise_beyond_float16_is_clamped_not_stored_as_inf(mechanism):
+    """Epsilon 8 per 224 px image is b = 6,272 per pixel: |noise| > 65,504 on ~3e-5 of the
+    pixels. Stored as inf, one such pixel made training on the release NaN."""
+    released = mechanism.release(
+        np.zeros((128, 64, 64), np.uint8), 6272.0, np.random.default_rng(0)
+    )
+    assert released.dtype == np.float16 and np.isfinite(released).all()
+    values = released.astype(np.float64)
+    assert abs(values).max() == mech.FLOAT16_MAX  # clamped: ~15 of these 524,288 pixels

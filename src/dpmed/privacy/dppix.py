@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dpmed.errors import ConfigError
-from dpmed.privacy.mechanism import InputMechanism, register
+from dpmed.privacy.mechanism import InputMechanism, as_release, register
 
 
 @register("dppix")
@@ -69,7 +69,7 @@ class DPPix(InputMechanism):
         """uint8 images -> noisy cell means, each shown over its c x c cell, as float16."""
         means = cell_means(images * (1 / 255), self.cell_size)
         means += rng.laplace(0.0, noise_scale, size=means.shape)
-        return spread_cells(means, self.cell_size).astype(np.float16)
+        return as_release(spread_cells(means, self.cell_size))
 
 
 def cell_means(images: np.ndarray, cell: int) -> np.ndarray:

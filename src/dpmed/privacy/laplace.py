@@ -26,6 +26,7 @@ from dpmed.privacy.mechanism import (
     ASSUMPTIONS,
     InputMechanism,
     add_noise,
+    as_release,
     laplace_noise,
     register,
 )
@@ -96,7 +97,7 @@ class Laplace(InputMechanism):
     ) -> np.ndarray:
         """uint8 images -> images / 255 + Laplace(0, b) noise, as float16 (rounding is free)."""
         if self.snapping:
-            return snap(images * (1 / 255), noise_scale, rng).astype(np.float16)
+            return as_release(snap(images * (1 / 255), noise_scale, rng))
         return add_noise(images, lambda shape: laplace_noise(rng, noise_scale, shape))
 
 
