@@ -33,6 +33,7 @@ def _laplace(release="abc", epsilon=784.0):
         "delta": 0.0,
         "epsilon_per_pixel": epsilon / 784,
         "epsilon_per_image": epsilon,
+        "epsilon_per_patient": 2 * epsilon,
         "release_sha256": {"train": release, "val": release + "v"},
     }
 
@@ -66,6 +67,17 @@ def test_one_shared_input_noise_release_is_free_to_tune_on_and_distinct_ones_add
     distinct = tuning_privacy([_laplace("abc"), _laplace("xyz")])
     assert distinct["epsilon_per_image"] == 2 * 784.0
     assert distinct["epsilon_per_pixel"] == pytest.approx(2.0)
+    assert distinct["epsilon_per_patient"] == 4 * 784.0
+
+
+def test_one_candidate_keeps_its_whole_guarantee_patients_included():
+    for alone in (
+        _dp_sgd(k=3) | {"epsilon_per_patient": 9.0, "delta_per_patient": 0.1},
+        _laplace(),
+    ):
+        tuned = tuning_privacy([alone])
+        for key in ("epsilon_per_image", "epsilon_per_patient", "delta", "delta_per_patient"):
+            assert tuned.get(key) == alone.get(key)
 
 
 def test_no_noise_in_any_candidate_means_no_guarantee():

@@ -7,7 +7,13 @@ import pytest
 
 from dpmed import cli
 from dpmed.report.plots import frontier_figure
-from dpmed.report.tables import confidence_interval, majority_rate, setting_label, wilson
+from dpmed.report.tables import (
+    Group,
+    confidence_interval,
+    majority_rate,
+    setting_label,
+    wilson,
+)
 
 
 def _point(image, pixel, accuracy, ci=None):
@@ -147,3 +153,12 @@ def test_provenance_states_the_validation_threshold_rule_and_the_cuts_it_chose()
     assert rows["decision threshold"] == (
         "0.5 / best balanced accuracy on validation (0.81 to 0.90)"
     )
+
+
+def test_a_settings_guarantee_is_its_seed_that_spent_most():
+    """Seeds' patient-grouped splits differ in size, so their DP-SGD epsilons do too."""
+    spent = [0.990888, 0.991759, 0.99]
+    runs = [
+        {"summary": {"privacy": {"epsilon_per_image": e, "seed": i}}} for i, e in enumerate(spent)
+    ]
+    assert Group("dp-sgd", {}, runs).privacy["epsilon_per_image"] == 0.991759

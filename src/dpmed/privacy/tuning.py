@@ -22,12 +22,12 @@ def tuning_privacy(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     entries, all trained on the same data): `epsilon` in their unit and `epsilon_per_<unit>`
     for the units they state, `delta`, `adjacency`, `guarantee_holds` and `accounting` (how
     they were composed). Epsilon None means no noise: no guarantee."""
-    units = [  # the patient's epsilon is group privacy of an image's, not composed here
+    units = [  # DP-SGD's patient epsilon is group privacy of its image's, not composed
         key.removeprefix("epsilon_per_")
         for key in candidates[0]
         if key.startswith("epsilon_per_") and key != "epsilon_per_patient"
     ]
-    keys = ["epsilon", *(f"epsilon_per_{u}" for u in units)]
+    keys = ["epsilon", *(k for k in candidates[0] if k.startswith("epsilon_per_"))]
     holds = all(c.get("guarantee_holds", True) for c in candidates)
     # None: a summary written before dpmed stated the adjacency (DP-SGD's then was add/remove)
     adjacency = candidates[0].get("adjacency")
@@ -37,7 +37,12 @@ def tuning_privacy(candidates: list[dict[str, Any]]) -> dict[str, Any]:
         return common | dict.fromkeys(keys) | {"delta": None, "accounting": how}
     if len(candidates) == 1 or _one_release(candidates):
         how = "one release shared by every candidate: tuning is post-processing"
-        return common | {k: candidates[0][k] for k in [*keys, "delta"]} | {"accounting": how}
+        stated = [*keys, "delta", "delta_per_patient"]
+        return (
+            common
+            | {k: candidates[0][k] for k in stated if k in candidates[0]}
+            | {"accounting": how}
+        )
     if _all_dp_sgd(candidates):
         return common | _dp_sgd_composition(candidates, units)
     return (

@@ -70,8 +70,9 @@ class Group:
 
     @property
     def privacy(self) -> dict[str, Any]:
-        """The guarantee of the group's first run (seeds share their settings)."""
-        return self.runs[0]["summary"]["privacy"]
+        """The guarantee of the group's run that spent most: seeds share their settings, but
+        a seed's patient-grouped split can leave it a few more or fewer training images."""
+        return max((r["summary"]["privacy"] for r in self.runs), key=_spent_order)
 
     def estimate(self, split: str, metric: str) -> str:
         """The value (one seed) or mean over seeds with its 95% interval (see CI_NOTE), e.g.
