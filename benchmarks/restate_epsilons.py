@@ -88,7 +88,7 @@ def main() -> None:
             [old_run(target_epsilon=target, n_train=409, batch_size=64, epochs=30)], 409
         )
         print(f"  target {target}: add/remove {before:.4f} -> replace-one {after:.4f}")
-    print("Kermany 64x64, batch 256, 5 epochs (frontier-kermany), per seed")
+    print("Kermany 64x64, batch 256, 5 epochs (frontier-kermany until 2026-12-06), per seed")
     for target in (0.5, 1, 2, 4, 8):
         line = []
         for seed, n_seed in KERMANY_TRAIN.items():
