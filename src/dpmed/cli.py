@@ -87,6 +87,10 @@ FLAG_HELP = {
     "table": "dataset csv: the CSV file, one row per patient",
     "schema": "dataset csv: YAML schema (label, positive value, features with bounds)",
     "strict": "refuse feature bounds read from the data instead of warning (default false)",
+    "audit_seed": "a membership-audit run: each training image is in with probability 1/2, "
+    "drawn from this public seed (dpmed audit sets it; default: no audit)",
+    "canaries": "audit run: this many training images get flipped labels (canaries for the "
+    "one-run audit; default 0)",
     "importance_share": "adaptive-laplace: share of epsilon spent on the private feature "
     "importance (default 0.2)",
 }
@@ -181,6 +185,7 @@ FLAG_GROUPS = {  # --help shows the settings in these groups
         "threshold",
         "device",
     ],
+    "audit": ["audit_seed", "canaries"],
 }
 
 

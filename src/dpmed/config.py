@@ -100,6 +100,10 @@ class RunConfig:
     schema: str | None = None
     strict: bool = False
     importance_share: float = 0.2
+    # a membership-audit run (dpmed audit): each training image is a member with
+    # probability 1/2, drawn from this public seed; `canaries` of them have flipped labels
+    audit_seed: int | None = None
+    canaries: int = 0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -219,6 +223,17 @@ class RunConfig:
         if self.model in SCATTERNETS:
             self._check_scatternet()
         self._check_multiplicity()
+        self._check_audit()
+
+    def _check_audit(self) -> None:
+        if self.audit_seed is not None and self.is_table:
+            raise ConfigError(f"audit_seed is for image data sets, not the table {self.dataset}")
+        if self.audit_seed is not None and self.audit_seed < 0:
+            raise ConfigError(f"audit_seed must be >= 0, got {self.audit_seed}")
+        if self.canaries < 0:
+            raise ConfigError(f"canaries must be >= 0 (0 = none), got {self.canaries}")
+        if self.canaries and self.audit_seed is None:
+            raise ConfigError("canaries are inserted by an audit run: set audit_seed too")
 
     def _check_multiplicity(self) -> None:
         """K augmented copies per image (De et al. 2022): K >= 1, and differing copies."""

@@ -24,8 +24,10 @@ import yaml
 
 from dpmed import __version__, provenance
 from dpmed.config import RunConfig
+from dpmed.audit.game import draw_members, play
+from dpmed.audit.membership import confidence_of_true_label
 from dpmed.data import ImageDataset
-from dpmed.data.images import plan_dataset
+from dpmed.data.images import ImageSplit, plan_dataset
 from dpmed.data.tabular import TableDataset, load_table
 from dpmed.errors import ConfigError
 from dpmed.files import check_output_folder
@@ -37,13 +39,14 @@ from dpmed.privacy.postprocess import parse_postprocess, postprocess
 from dpmed.privacy.tables import diffprivlib_guarantee, perturb_table, record_privacy
 from dpmed.report.plots import learning_curve
 from dpmed.train.classifier import fit_classifier
-from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, fit
+from dpmed.train.loop import EpochRecord, TrainSettings, best_epoch, fit, predict
 from dpmed.train.metrics import METRICS
 
 if TYPE_CHECKING:
     from dpmed.privacy.dpsgd import DPSGD
 
 SUMMARY = "summary.json"
+AUDIT_SCORES = "audit.npz"  # an audit run's pool scores and its public membership draw
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,17 @@ def run_experiment(
         model, model_init = build_model(
             config.model, weights=config.weights, image_size=config.input_size
         )
+        draw = None
+        n_train = planned.sizes["train"]
+        if config.audit_seed is not None:
+            draw = draw_members(n_train, audit_seed=config.audit_seed, canaries=config.canaries)
+            n_train = int(draw.members.sum())
         # planned before the images are decoded: settings it refuses leave no cache entry
-        dp = _plan_dpsgd(config, model, planned.sizes["train"])
-        prepared = _prepare_images(config, planned.load(), model, model_init, log)
+        dp = _plan_dpsgd(config, model, n_train)
+        dataset = planned.load()
+        if draw:
+            dataset, pool = play(dataset, draw)
+        prepared = _prepare_images(config, dataset, model, model_init, log)
     inputs, privacy, model = prepared.inputs, prepared.privacy, prepared.model
     if dp:
         dp = dataclasses.replace(dp, identity=noise_identity(config, inputs["train"]))
@@ -202,6 +213,14 @@ def run_experiment(
             "git_commit": provenance.git_commit(),
         }
         _write_run(staging, *_resolved(config, privacy), records, summary)
+        if draw:
+            scores = _score_pool(config, model, pool, privacy, staging / "best.pt", device)
+            np.savez(
+                staging / AUDIT_SCORES,
+                confidence=scores,
+                members=draw.members,
+                canaries=draw.canaries,
+            )
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -209,6 +228,28 @@ def run_experiment(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return RunResult(summary, records)
+
+
+def _score_pool(
+    config: RunConfig,
+    model: torch.nn.Module,
+    pool: ImageSplit,
+    privacy: dict[str, Any],
+    checkpoint: Path,
+    device: torch.device,
+) -> np.ndarray:
+    """The best model's confidence in each pool image's own label (a canary's flipped
+    one), on the clean image post-processed as the release was: what an attacker who holds
+    the candidate images and the model computes."""
+    trained = model.head if hasattr(model, "frozen") else model
+    trained.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+    images = postprocess(
+        pool.images,
+        parse_postprocess(config.postprocess),
+        noise_std=privacy.get("noise_std") or 0.0,
+    )
+    labels, probs, _ = predict(model.to(device), images, pool.labels, device=device)
+    return confidence_of_true_label(probs, labels)
 
 
 def staging_folder(out: Path) -> Path:
