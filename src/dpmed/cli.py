@@ -21,7 +21,7 @@ from typing import Any
 
 from dpmed import __version__
 from dpmed.config import DATASETS, MODELS, OPTIMIZERS, TECHNIQUES, RunConfig, load_yaml
-from dpmed.errors import DpmedError
+from dpmed.errors import ConfigError, DpmedError
 from dpmed.files import check_output_folder
 from dpmed.privacy import MECHANISMS
 from dpmed.progress import quiet
@@ -237,6 +237,28 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    """How a sweep's runs are executed: jobs, threads, executor, retries, display, noise key."""
+    from dpmed.bench.executors import EXECUTORS
+
+    parser.add_argument("--jobs", type=_number(int), help="runs at a time (default: one per core)")
+    parser.add_argument(
+        "--threads-per-run",
+        type=_number(int),
+        help="torch threads of each run "
+        "(default: cores / jobs; results are bit-identical for equal values)",
+    )
+    parser.add_argument(
+        "--executor", default="local", help=f"{' or '.join(EXECUTORS)} (default local)"
+    )
+    parser.add_argument(
+        "--address", help="Ray cluster address for --executor ray (default: start one)"
+    )
+    parser.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    parser.add_argument("--quiet", action="store_true", help="log lines instead of a live display")
+    _add_noise_key_flag(parser)
+
+
 def _add_noise_key_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--noise-key",
@@ -270,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_noise_key_flag(run)
     _add_config_flags(run)
 
-    from dpmed.bench.executors import EXECUTORS
     from dpmed.bench.sweep import preset_names
 
     bench = commands.add_parser(
@@ -284,23 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--out", type=Path, help="folder for results.db and runs (default runs/<sweep>)"
     )
-    bench.add_argument("--jobs", type=_number(int), help="runs at a time (default: one per core)")
-    bench.add_argument(
-        "--threads-per-run",
-        type=_number(int),
-        help="torch threads of each run "
-        "(default: cores / jobs; results are bit-identical for equal values)",
-    )
-    bench.add_argument(
-        "--executor", default="local", help=f"{' or '.join(EXECUTORS)} (default local)"
-    )
-    bench.add_argument(
-        "--address", help="Ray cluster address for --executor ray (default: start one)"
-    )
-    bench.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    bench.add_argument("--quiet", action="store_true", help="log lines instead of a live display")
-    _add_noise_key_flag(bench)
+    _add_sweep_flags(bench)
     _add_config_flags(bench)
+
+    audit = commands.add_parser(
+        "audit",
+        help="measure what trained models leak: membership inference, empirical epsilon",
+        description="For every setting of a finished sweep (or a run folder), train --models "
+        "models with its settings on random halves of its training split (sweep runs in "
+        "FOLDER/audit: resumable), attack each with the others as references (LOSS, LiRA; "
+        "the one-run canary audit of model 0), and write FOLDER/audit/audit.md, audit.json "
+        "and figures: attack AUC, TPR at 1% and 0.1% FPR, and an empirical epsilon lower "
+        "bound beside the stated epsilon. Exits 1 if a bound exceeds the stated epsilon (a "
+        "bug). Example: dpmed bench audit && dpmed audit runs/audit",
+    )
+    audit.add_argument("folder", type=Path, metavar="FOLDER", help="a sweep or run folder")
+    audit.add_argument(
+        "--models",
+        type=_number(int),
+        default=17,
+        help="models per setting: each the target of the others (default 17)",
+    )
+    audit.add_argument(
+        "--canaries",
+        type=_number(int),
+        default=256,
+        help="training images given flipped labels, for the one-run audit (default 256; 0: none)",
+    )
+    audit.add_argument("--data-root", help="where the data is, if not where the sweep found it")
+    _add_sweep_flags(audit)
 
     report = commands.add_parser(
         "report",
@@ -394,27 +427,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from dpmed.bench.driver import DB_NAME, run_sweep, sweep_lock
-    from dpmed.bench.executors import check_executor, make_executor
+    from dpmed.bench.driver import DB_NAME
     from dpmed.bench.store import ResultsStore
     from dpmed.bench.sweep import load_sweep
-    from dpmed.provenance import record_sweep
     from dpmed.report.tables import group_runs, is_paper_grid, markdown, paper_table, summary_table
 
     sweep = load_sweep(args.sweep)
     runs = sweep.runs(_overrides(args))  # every config is checked before anything is written
     out = args.out or Path("runs") / sweep.name
-    check_output_folder(out)
-    ResultsStore.check(out / DB_NAME)
-    jobs = min(os.cpu_count() or 1, len(runs)) if args.jobs is None else args.jobs
-    check_executor(args.executor, jobs=jobs, threads=args.threads_per_run)
-    with sweep_lock(out):  # taken before any worker starts
-        record_sweep(out, name=sweep.name, description=sweep.description, argv=args.argv)
-        executor = make_executor(
-            args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address
-        )
-        print(f"{sweep.name}: {len(runs)} runs, {jobs} at a time. {sweep.description}".strip())
-        counts = run_sweep(runs, out, executor, jobs=jobs, retry_failed=args.retry_failed)
+    counts = _run_planned(args, runs, out, sweep.name, sweep.description)
     store = ResultsStore(out / DB_NAME)
     finished = [r for r in store.finished_runs() if r["id"] in {p.id for p in runs}]
     store.close()
@@ -428,6 +449,63 @@ def _bench(args: argparse.Namespace) -> int:
     if counts.get("failed"):
         print(
             "some runs failed: their errors are in the database; fix and rerun with --retry-failed",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _run_planned(
+    args: argparse.Namespace, runs: list, out: Path, name: str, description: str
+) -> dict[str, int]:
+    """Run `runs` into the sweep folder `out` as the sweep flags say; the status counts."""
+    from dpmed.bench.driver import DB_NAME, run_sweep, sweep_lock
+    from dpmed.bench.executors import check_executor, make_executor
+    from dpmed.bench.store import ResultsStore
+    from dpmed.provenance import record_sweep
+
+    check_output_folder(out)
+    ResultsStore.check(out / DB_NAME)
+    jobs = min(os.cpu_count() or 1, len(runs)) if args.jobs is None else args.jobs
+    check_executor(args.executor, jobs=jobs, threads=args.threads_per_run)
+    with sweep_lock(out):  # taken before any worker starts
+        record_sweep(out, name=name, description=description, argv=args.argv)
+        executor = make_executor(
+            args.executor, jobs=jobs, threads=args.threads_per_run, address=args.address
+        )
+        print(f"{name}: {len(runs)} runs, {jobs} at a time. {description}".strip())
+        return run_sweep(runs, out, executor, jobs=jobs, retry_failed=args.retry_failed)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from dpmed.audit.build import AUDIT_FOLDER, analyse, plan_audit, write_audit
+
+    if args.canaries < 0:
+        raise ConfigError(f"--canaries must be >= 0 (0: no one-run audit), got {args.canaries}")
+    settings = plan_audit(
+        args.folder, models=args.models, canaries=args.canaries, data_root=args.data_root
+    )
+    out = args.folder / AUDIT_FOLDER
+    runs = [run for setting in settings for run in setting.runs]
+    description = f"{len(settings)} setting(s), {args.models} models each"
+    counts = _run_planned(args, runs, out, "audit", description)
+    if counts.get("failed"):
+        print(
+            "some audit runs failed: their errors are in the database; fix and rerun with "
+            "--retry-failed",
+            file=sys.stderr,
+        )
+        return 1
+    results = analyse(settings, out)
+    for path in write_audit(results, out):
+        print(f"wrote {path}")
+    print((out / "audit.md").read_text().split("\n\nThe game")[0])
+    exceeded = [r["setting"] for r in results if r["exceeds_theory"]]
+    if exceeded:
+        print(
+            "dpmed audit: an empirical epsilon exceeds the stated epsilon for "
+            + "; ".join(exceeded)
+            + ": the mechanism or its accounting is wrong; report this as a bug",
             file=sys.stderr,
         )
         return 1
@@ -504,6 +582,7 @@ def _sigterm_as_interrupt() -> typing.Iterator[None]:
 AFTER_INTERRUPT = {
     "run": "; no run folder was written: run it again",
     "bench": "; finished runs are kept: run the same command again to resume the sweep",
+    "audit": "; finished audit runs are kept: run the same command again to resume",
 }
 
 
@@ -555,7 +634,13 @@ def main(argv: list[str] | None = None) -> int:
         from dpmed.privacy import secret
 
         secret.use_key_file(getattr(args, "noise_key", None))
-        command = {"run": _run, "bench": _bench, "report": _report, "privacy": _privacy}
+        command = {
+            "run": _run,
+            "bench": _bench,
+            "audit": _audit,
+            "report": _report,
+            "privacy": _privacy,
+        }
         with _sigterm_as_interrupt():
             return command[args.command](args)
     except DpmedError as exc:

@@ -23,9 +23,9 @@ import torch
 import yaml
 
 from dpmed import __version__, provenance
-from dpmed.config import RunConfig
 from dpmed.audit.game import draw_members, play
 from dpmed.audit.membership import confidence_of_true_label
+from dpmed.config import RunConfig
 from dpmed.data import ImageDataset
 from dpmed.data.images import ImageSplit, plan_dataset
 from dpmed.data.tabular import TableDataset, load_table

@@ -84,10 +84,13 @@ class Sweep:
                 self.base | (overrides or {}) | point, source=f"sweep {self.name}"
             )
             name = ",".join(f"{key}={value}" for key, value in point.items())
-            planned.setdefault(
-                run_id(config), PlannedRun(run_id(config), name, _with_absolute_paths(config))
-            )
+            planned.setdefault(run_id(config), plan_run(config, name))
         return list(planned.values())
+
+
+def plan_run(config: RunConfig, name: str) -> PlannedRun:
+    """The run of `config` named `name`, its paths made absolute (for remote workers)."""
+    return PlannedRun(run_id(config), name, _with_absolute_paths(config))
 
 
 def run_id(config: RunConfig) -> str:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -233,3 +234,58 @@ def _legend_below(fig: plt.Figure, legend: dict, plots_height: float) -> None:
     fig.set_size_inches(fig.get_size_inches()[0], height)
     fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     fig.legend(legend.values(), legend.keys(), loc="lower center", fontsize=8, frameon=False)
+
+
+ATTACKS = {"loss": "LOSS", "lira": "LiRA", "one_run": "one run (canaries)"}
+
+
+def audit_figures(results: list[dict], roc_fpr, out: Path) -> list[Path]:
+    """The membership audit's figures in `out`: each setting's LiRA ROC on log-log axes
+    (audit_roc.png), and per setting the stated epsilon beside each attack's empirical
+    lower bound, with LiRA's TPR at 1% FPR against test accuracy (audit_epsilon.png)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for r in results:
+        ax.plot(roc_fpr, np.maximum(r["lira"]["roc_tpr"], 1e-4), label=r["setting"])
+    ax.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle="--", linewidth=0.8, label="chance")
+    ax.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate")
+    ax.set(title="LiRA membership inference (log-log ROC)", xlim=(1e-4, 1), ylim=(1e-4, 1))
+    ax.grid(alpha=0.3, which="both")
+    _legend_below(fig, dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True)), 5)
+    roc = out / "audit_roc.png"
+    fig.savefig(roc, dpi=120)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    x = np.arange(len(results))
+    for i, (attack, name) in enumerate(ATTACKS.items()):
+        values = [r[attack]["epsilon_lower_bound"] if attack in r else np.nan for r in results]
+        left.bar(x + (i - 1) * 0.25, values, width=0.25, label=f"empirical: {name}")
+    stated = [r["epsilon"] for r in results]
+    top = max([v for v in stated if v is not None] + [1.0]) * 2
+    left.scatter(
+        x,
+        [top if v is None else v for v in stated],
+        marker="_",
+        s=600,
+        color="black",
+        label="stated epsilon (top: none)",
+    )
+    left.set_yscale("symlog", linthresh=0.1)
+    left.set(ylabel="epsilon", title="stated epsilon and what attacks prove")
+    left.set_xticks(x, [r["setting"] for r in results], rotation=30, ha="right", fontsize=8)
+    left.legend(fontsize=8)
+    for r in results:
+        point = (100 * r["test_accuracy"], 100 * r["lira"]["tpr_at_1pct_fpr"])
+        right.scatter(*point)
+        right.annotate(r["setting"], point, fontsize=8)
+    right.axhline(1, color="grey", linestyle="--", linewidth=0.8, label="chance (1%)")
+    right.set(xlabel="test accuracy (%)", ylabel="LiRA TPR at 1% FPR (%)")
+    right.set(title="leakage against utility")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    epsilon = out / "audit_epsilon.png"
+    fig.savefig(epsilon, dpi=120)
+    plt.close(fig)
+    return [roc, epsilon]

@@ -1,0 +1,253 @@
+"""`dpmed audit FOLDER`: how much each setting's trained models leak, next to its epsilon.
+
+For every setting of a finished sweep (or one run folder), `models` audit runs train with
+the setting's exact config on random halves of its training split (`audit_seed` 0, 1, ...;
+dpmed.audit.game), as sweep runs in `FOLDER/audit` (resumable, `--jobs`, Ray). Each scores
+the whole pool. Then each model in turn is the target and the others its references:
+
+- LOSS (Yeom et al. 2018): the target's confidence in the image's label;
+- LiRA (Carlini et al. 2022, online, shared variance): the target's confidence against
+  Gaussians fitted to the references' with the image in and out;
+- one run (Steinke et al. 2023): audit model 0's confidence in its canaries (flipped
+  labels), a quarter guessed in and a quarter out, no reference models.
+
+The game is add/remove: an image is in the training set or not. DP-SGD's add/remove epsilon
+is at most the replace-one epsilon dpmed states, so an empirical bound above the stated
+epsilon is a bug somewhere; the audit says so and exits 1.
+
+The audit itself is not private: its scores are computed from the clean pool images and
+labels. Keep `FOLDER/audit` with the data; publish its tables, not its files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from dpmed.audit.membership import empirical_epsilon, lira_scores, one_run_epsilon, roc_summary
+from dpmed.bench.driver import DB_NAME
+from dpmed.bench.store import ResultsStore
+from dpmed.bench.sweep import PlannedRun, plan_run
+from dpmed.config import RunConfig, load_yaml
+from dpmed.errors import ConfigError, DataError
+from dpmed.report.tables import group_runs
+from dpmed.run import AUDIT_SCORES, SUMMARY
+
+AUDIT_FOLDER = "audit"
+CONFIDENCE = 0.95
+ROC_FPR = np.logspace(-4, 0, 41)  # where each ROC is kept, for the log-log figure
+
+
+@dataclass(frozen=True)
+class Setting:
+    label: str
+    runs: list[PlannedRun]  # its audit runs, audit_seed 0, 1, ...
+
+
+def plan_audit(
+    folder: Path, *, models: int, canaries: int, data_root: str | None = None
+) -> list[Setting]:
+    """The audit runs of every setting in `folder` (a sweep's, or one run's)."""
+    if models < 2:
+        raise ConfigError(f"--models must be >= 2 (a target and a reference), got {models}")
+    settings = []
+    for label, config in _audited_configs(folder):
+        if config.is_table:
+            raise ConfigError(f"{label}: the audit is for image data sets, not {config.dataset}")
+        if data_root:
+            config = config.replace(data_root=data_root)
+        runs = [
+            plan_run(config.replace(audit_seed=i, canaries=canaries), f"{label}, audit model {i}")
+            for i in range(models)
+        ]
+        settings.append(Setting(label, runs))
+    return settings
+
+
+def _audited_configs(folder: Path) -> list[tuple[str, RunConfig]]:
+    """Per setting of a sweep folder its first seed's config; a run folder's config."""
+    if (folder / DB_NAME).is_file():
+        store = ResultsStore(folder / DB_NAME, read_only=True)
+        runs = store.finished_runs()
+        store.close()
+        if not runs:
+            raise DataError(f"{folder / DB_NAME} has no finished runs to audit; run the sweep")
+        return [
+            (group.label, _config(min(group.runs, key=lambda r: r["config"]["seed"])["config"]))
+            for group in group_runs(runs)
+        ]
+    if (folder / SUMMARY).is_file() and (folder / "config.yaml").is_file():
+        summary = json.loads((folder / SUMMARY).read_text())
+        label = f"{summary['technique']} ({folder.name})"
+        return [(label, _config(load_yaml(folder / "config.yaml")))]
+    raise ConfigError(
+        f"{folder} is neither a sweep folder (with {DB_NAME}) nor a run folder (with "
+        f"{SUMMARY}); give the --out of a finished dpmed bench or dpmed run"
+    )
+
+
+def _config(values: dict[str, Any]) -> RunConfig:
+    return RunConfig.from_mapping(values | {"audit_seed": None, "canaries": 0}, source="audit")
+
+
+def analyse(settings: list[Setting], out: Path) -> list[dict[str, Any]]:
+    """Each setting's attacks, from the finished audit runs in `out` (FOLDER/audit)."""
+    store = ResultsStore(out / DB_NAME, read_only=True)
+    finished = {r["id"]: r["summary"] for r in store.finished_runs()}
+    store.close()
+    return [
+        _analyse(s, {r.id: finished[r.id] for r in s.runs if r.id in finished}, out)
+        for s in settings
+    ]
+
+
+def _analyse(setting: Setting, summaries: dict[str, dict], out: Path) -> dict[str, Any]:
+    runs = [r for r in setting.runs if r.id in summaries]
+    if len(runs) < 2:
+        raise DataError(
+            f"{setting.label}: {len(runs)} audit model(s) finished, at least 2 needed; "
+            "run the audit again (--retry-failed reruns failed ones)"
+        )
+    scores = [np.load(out / "runs" / r.id / AUDIT_SCORES) for r in runs]
+    confidence = np.stack([s["confidence"] for s in scores])
+    members = np.stack([s["members"] for s in scores])
+    canaries = scores[0]["canaries"]
+    privacy = [summaries[r.id]["privacy"] for r in runs]
+    epsilon = max(math.inf if p["epsilon"] is None else p["epsilon"] for p in privacy)
+    delta = max(p["delta"] or 0.0 for p in privacy)
+    population = ~canaries
+    attacks = {
+        "loss": confidence,
+        "lira": np.stack(
+            [
+                lira_scores(confidence[i], np.delete(confidence, i, 0), np.delete(members, i, 0))
+                for i in range(len(runs))
+            ]
+        ),
+    }
+    result = {
+        "setting": setting.label,
+        "technique": runs[0].config.technique,
+        "models": len(runs),
+        "epsilon": epsilon,
+        "delta": delta,
+        "unit": privacy[0]["unit"],
+        "test_accuracy": float(np.mean([summaries[r.id]["test"]["accuracy"] for r in runs])),
+        "trials": int(population.sum()) * len(runs),
+    }
+    for name, attack in attacks.items():
+        chosen, truth = attack[:, population].ravel(), members[:, population].ravel()
+        bound = empirical_epsilon(chosen, truth, delta=delta, confidence=CONFIDENCE)
+        fpr, tpr, _ = roc_curve(truth, chosen)
+        result[name] = roc_summary(chosen, truth) | {
+            "epsilon_lower_bound": bound["epsilon_lower_bound"],
+            "roc_tpr": np.interp(ROC_FPR, fpr, tpr).round(5).tolist(),
+        }
+    if canaries.any():
+        result["one_run"] = _one_run(confidence[0, canaries], members[0, canaries], delta)
+    bounds = [result[a]["epsilon_lower_bound"] for a in (*attacks, "one_run") if a in result]
+    result["exceeds_theory"] = max(bounds) > epsilon
+    if math.isinf(epsilon):
+        result["epsilon"] = None  # no guarantee (JSON has no infinity)
+    return result
+
+
+def _one_run(scores: np.ndarray, members: np.ndarray, delta: float) -> dict[str, Any]:
+    """Guess the quarter of canaries the model is most confident in as members and the
+    quarter it is least confident in as non-members (a rule fixed in advance)."""
+    m = len(scores)
+    k = m // 4
+    order = np.argsort(scores)
+    correct = int(members[order[-k:]].sum() + (~members[order[:k]]).sum()) if k else 0
+    return {
+        "canaries": m,
+        "guesses": 2 * k,
+        "correct": correct,
+        "epsilon_lower_bound": one_run_epsilon(
+            m, 2 * k, correct, delta=delta, confidence=CONFIDENCE
+        )
+        if k
+        else 0.0,
+    }
+
+
+def write_audit(results: list[dict[str, Any]], out: Path) -> list[Path]:
+    """audit.json, audit.md and the figures in `out`; the paths written."""
+    from dpmed.report.plots import audit_figures
+
+    (out / "audit.json").write_text(
+        json.dumps({"roc_fpr": ROC_FPR.round(6).tolist(), "settings": results}, indent=2) + "\n"
+    )
+    (out / "audit.md").write_text(audit_markdown(results))
+    return [out / "audit.json", out / "audit.md", *audit_figures(results, ROC_FPR, out)]
+
+
+def audit_markdown(results: list[dict[str, Any]]) -> str:
+    """The audit table and what it means."""
+    from dpmed.report.plots import ATTACKS
+    from dpmed.report.tables import markdown
+
+    rows = [
+        [
+            "setting",
+            "models",
+            "stated epsilon",
+            "test accuracy",
+            "LOSS AUC",
+            "LiRA AUC",
+            "LiRA TPR at 1% / 0.1% FPR",
+            "empirical epsilon: LOSS / LiRA / one run",
+        ]
+    ]
+    for r in results:
+        bug = " **(exceeds the stated epsilon: a bug)**" if r["exceeds_theory"] else ""
+        stated = "none" if r["epsilon"] is None else f"{r['epsilon']:.3g} per {r['unit']}"
+        lira = r["lira"]
+        bounds = [r[a]["epsilon_lower_bound"] if a in r else None for a in ATTACKS]
+        rows.append(
+            [
+                r["setting"] + bug,
+                str(r["models"]),
+                stated,
+                f"{100 * r['test_accuracy']:.1f}%",
+                f"{r['loss']['auc']:.3f}",
+                f"{lira['auc']:.3f}",
+                f"{100 * lira['tpr_at_1pct_fpr']:.2f}% / {100 * lira['tpr_at_0.1pct_fpr']:.2f}%",
+                " / ".join("-" if b is None else f"{b:.2f}" for b in bounds),
+            ]
+        )
+    return (
+        "# Membership audit\n\n"
+        + markdown(rows)
+        + "\n\n"
+        + AUDIT_NOTES.format(confidence=f"{100 * CONFIDENCE:g}%")
+    )
+
+
+AUDIT_NOTES = """\
+The game: each training image is a member with probability 1/2 (a public draw per audit
+model); a model is trained on the members with the setting's exact settings, and the
+attacker, who holds every candidate image and its label and the model, guesses membership.
+Each audit model in turn is the target and the others are its references. LOSS ranks by the
+target's confidence (the logit of its probability of the true label); LiRA (online, shared
+variance) compares that confidence with the references' with the image in and out. AUC 0.5
+and TPR = FPR are chance.
+
+Empirical epsilon: a lower bound at {confidence} confidence from the attack's TPR and FPR at
+one threshold (Clopper-Pearson, the threshold chosen on a random half of the guesses and
+judged on the other). The LOSS and LiRA counts pool every model and image, treated as
+independent trials as in multi-model audits; the one-run bound (Steinke et al. 2023) uses
+audit model 0 alone: its canaries (images with flipped labels), the quarter it is most
+confident in guessed in, the least confident quarter out. These bounds hold for add/remove
+adjacency, which DP-SGD's stated replace-one epsilon also covers, so none may exceed the
+stated epsilon.
+
+The audit is not private: its scores are computed from the clean training images. Keep
+its folder with the data.
+"""

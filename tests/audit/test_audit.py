@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from dpmed.audit.build import AUDIT_FOLDER, _analyse, audit_markdown, plan_audit
+from dpmed.audit.game import draw_members, play
+from dpmed.bench.driver import DB_NAME
+from dpmed.bench.store import ResultsStore
+from dpmed.cli import main
+from dpmed.config import RunConfig
+from dpmed.data.images import ImageDataset, ImageSplit
+from dpmed.errors import ConfigError
+from dpmed.run import AUDIT_SCORES, run_experiment
+
+# a model that memorises: 40 epochs of batch 8 on about 60 member images
+OVERFIT = {
+    "dataset": "pneumoniamnist",
+    "model": "small-cnn",
+    "epochs": 40,
+    "batch_size": 8,
+    "max_images": 120,
+    "lr": 0.003,
+}
+
+
+def test_members_are_a_public_half_and_canaries_the_same_for_every_seed():
+    draws = [draw_members(4000, audit_seed=s, canaries=100) for s in range(3)]
+    assert all(abs(d.members.mean() - 0.5) < 0.03 for d in draws)
+    assert not np.array_equal(draws[0].members, draws[1].members)
+    assert all(np.array_equal(d.canaries, draws[0].canaries) for d in draws)
+    assert np.array_equal(draws[0].members, draw_members(4000, audit_seed=0, canaries=0).members)
+
+
+def test_the_game_trains_on_members_and_scores_the_pool_with_canary_labels_flipped():
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    train = ImageSplit(np.arange(6, dtype=np.uint8)[:, None, None], labels, np.arange(6))
+    dataset = ImageDataset("demo", {"train": train, "test": train.take(np.arange(2))})
+    draw = draw_members(6, audit_seed=3, canaries=2)
+    played, pool = play(dataset, draw)
+    flipped = np.where(draw.canaries, 1 - labels, labels)
+    assert np.array_equal(pool.labels, flipped)
+    assert np.array_equal(played.splits["train"].images[:, 0, 0], np.flatnonzero(draw.members))
+    assert np.array_equal(played.splits["train"].labels, flipped[draw.members])
+    assert played.splits["test"] is dataset.splits["test"]
+
+
+def test_audit_settings_are_checked():
+    with pytest.raises(ConfigError, match="audit_seed too"):
+        RunConfig(canaries=5)
+    with pytest.raises(ConfigError, match="image data sets"):
+        RunConfig(dataset="breast-cancer", model="mlp", audit_seed=0)
+    with pytest.raises(ConfigError, match="more than the 6 training images"):
+        draw_members(6, audit_seed=0, canaries=7)
+
+
+def test_dpsgd_in_an_audit_run_is_planned_on_the_members(real_data, tmp_path):
+    config = RunConfig(
+        dataset="pneumoniamnist",
+        model="small-cnn",
+        technique="dp-sgd",
+        target_epsilon=2,
+        epochs=1,
+        batch_size=32,
+        optimizer="sgd",
+        lr=0.5,
+        max_images=200,
+        data_root=str(real_data),
+        audit_seed=1,
+        canaries=10,
+    )
+    summary = run_experiment(config, tmp_path / "run", log=lambda _: None).summary
+    scores = np.load(tmp_path / "run" / AUDIT_SCORES)
+    members = int(scores["members"].sum())
+    assert summary["images"]["train"] == members < 200
+    assert summary["privacy"]["sample_rate"] == pytest.approx(32 / members)
+    assert summary["privacy"]["epsilon"] <= 2
+    # the file holds model scores and the public draw, never the private labels
+    assert sorted(scores.files) == ["canaries", "confidence", "members"]
+    assert scores["confidence"].shape == (200,) and np.isfinite(scores["confidence"]).all()
+
+
+def test_the_audit_finds_an_overfit_model_and_resumes(real_data, tmp_path, capsys):
+    spec = tmp_path / "overfit.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {"base": OVERFIT | {"data_root": str(real_data)}, "grid": {"technique": ["none"]}}
+        )
+    )
+    folder = tmp_path / "sweep"
+    assert main(["bench", str(spec), "--out", str(folder), "--quiet", "--jobs", "2"]) == 0
+    audit = ["audit", str(folder), "--models", "4", "--canaries", "30", "--quiet", "--jobs", "2"]
+    assert main(audit) == 0
+    out = folder / AUDIT_FOLDER
+    result = json.loads((out / "audit.json").read_text())["settings"][0]
+    assert result["models"] == 4 and result["epsilon"] is None
+    assert (
+        result["loss"]["auc"] > 0.55
+    )  # measured here: 0.61 (4 models, no canaries), 0.59 (8, 30 canaries)
+    assert result["one_run"]["epsilon_lower_bound"] > 0  # the canaries are memorised
+    assert {p.name for p in out.iterdir()} >= {"audit.md", "audit_roc.png", "audit_epsilon.png"}
+    capsys.readouterr()
+
+    assert main(audit) == 0  # a second call reuses the finished models
+    assert "4 of 4 runs finished before; running 0" in capsys.readouterr().out
+
+    # a stated epsilon below what the canaries prove is flagged as a bug
+    settings = plan_audit(folder, models=4, canaries=30)
+    store = ResultsStore(out / DB_NAME, read_only=True)
+    lying = {
+        r["id"]: r["summary"] | {"privacy": r["summary"]["privacy"] | {"epsilon": 0.01, "delta": 0}}
+        for r in store.finished_runs()
+    }
+    store.close()
+    flagged = _analyse(settings[0], lying, out)
+    assert flagged["exceeds_theory"] and "a bug" in audit_markdown([flagged])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "1"], "--models must be >= 2"),
+        (["--canaries", "-1"], "--canaries must be >= 0"),
+    ],
+)
+def test_bad_audit_flags_exit_2_with_one_line(tmp_path, capsys, args, message):
+    assert main(["audit", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_auditing_a_folder_without_results_says_what_to_give(tmp_path, capsys):
+    assert main(["audit", str(tmp_path)]) == 2
+    assert "neither a sweep folder" in capsys.readouterr().err
+    assert not (tmp_path / AUDIT_FOLDER).exists()  # nothing half-written
