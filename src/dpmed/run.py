@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from dpmed.privacy.dpsgd import DPSGD
 
 SUMMARY = "summary.json"
-AUDIT_SCORES = "audit.npz"  # an audit run's pool scores and its public membership draw
+# an audit run's pool scores, its public membership draw and the pool's patients (0, 1, ...)
+AUDIT_SCORES = "audit.npz"
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,12 @@ def run_experiment(
         draw = None
         n_train = planned.sizes["train"]
         if config.audit_seed is not None:
-            draw = draw_members(n_train, audit_seed=config.audit_seed, canaries=config.canaries)
+            draw = draw_members(
+                n_train,
+                audit_seed=config.audit_seed,
+                canaries=config.canaries,
+                patients=planned.patients("train") if planned.patient_ids else None,
+            )
             n_train = int(draw.members.sum())
         # planned before the images are decoded: settings it refuses leave no cache entry
         dp = _plan_dpsgd(config, model, n_train)
@@ -215,11 +221,13 @@ def run_experiment(
         _write_run(staging, *_resolved(config, privacy), records, summary)
         if draw:
             scores = _score_pool(config, model, pool, privacy, staging / "best.pt", device)
+            patients = {} if draw.patients is None else {"patients": draw.patients}
             np.savez(
                 staging / AUDIT_SCORES,
                 confidence=scores,
                 members=draw.members,
                 canaries=draw.canaries,
+                **patients,
             )
         if out.exists():
             shutil.rmtree(out)

@@ -81,7 +81,7 @@ def test_dpsgd_in_an_audit_run_is_planned_on_the_members(real_data, tmp_path):
     assert scores["confidence"].shape == (200,) and np.isfinite(scores["confidence"]).all()
 
 
-def test_the_audit_finds_an_overfit_model_and_resumes(real_data, tmp_path, capsys):
+def test_the_audit_finds_an_overfit_model_resumes_and_is_reported(real_data, tmp_path, capsys):
     spec = tmp_path / "overfit.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -104,6 +104,11 @@ def test_the_audit_finds_an_overfit_model_and_resumes(real_data, tmp_path, capsy
 
     assert main(audit) == 0  # a second call reuses the finished models
     assert "4 of 4 runs finished before; running 0" in capsys.readouterr().out
+
+    assert main(["report", str(folder)]) == 0  # the report gains the audit's section
+    report = (folder / "report.md").read_text()
+    assert "## Membership audit" in report and "figures/audit_roc.png" in report
+    assert (folder / "figures" / "audit_epsilon.png").stat().st_size > 10_000
 
     # a stated epsilon below what the canaries prove is flagged as a bug
     settings = plan_audit(folder, models=4, canaries=30)
@@ -134,3 +139,33 @@ def test_auditing_a_folder_without_results_says_what_to_give(tmp_path, capsys):
     assert main(["audit", str(tmp_path)]) == 2
     assert "neither a sweep folder" in capsys.readouterr().err
     assert not (tmp_path / AUDIT_FOLDER).exists()  # nothing half-written
+
+
+def test_with_patient_ids_whole_patients_are_in_or_out_and_canaries_are_one_per_patient():
+    patients = np.repeat(np.arange(50), 3)[np.random.default_rng(0).permutation(150)]
+    draw = draw_members(150, audit_seed=2, canaries=20, patients=patients)
+    for patient in range(50):
+        assert len(set(draw.members[patients == patient])) == 1
+    assert len(set(patients[draw.canaries])) == 20
+    assert np.array_equal(np.unique(draw.patients, return_inverse=True)[1], draw.patients)
+    with pytest.raises(ConfigError, match="more than the 50 patients"):
+        draw_members(150, audit_seed=2, canaries=51, patients=patients)
+
+
+def test_kermany_is_audited_per_patient_against_the_patient_epsilon(tmp_path, capsys):
+    from tests.conftest import make_kermany
+
+    root = make_kermany(tmp_path / "data", per_class=30, size=32)
+    run = tmp_path / "run"
+    flags = ["--dataset", "chest-xray", "--data-root", str(root), "--image-size", "16"]
+    flags += ["--model", "small-cnn", "--epochs", "1", "--technique", "laplace"]
+    assert main(["run", *flags, "--noise-scale", "4", "--out", str(run), "--quiet"]) == 0
+    audit = ["audit", str(run), "--models", "3", "--canaries", "4", "--quiet", "--jobs", "1"]
+    assert main(audit) == 0
+    result = json.loads((run / AUDIT_FOLDER / "audit.json").read_text())["settings"][0]
+    scores = np.load(next((run / AUDIT_FOLDER / "runs").glob(f"*/{AUDIT_SCORES}")))
+    summary = json.loads(next((run / AUDIT_FOLDER / "runs").glob("*/summary.json")).read_text())
+    assert result["unit"] == "patient"
+    assert result["epsilon"] == summary["privacy"]["epsilon_per_patient"] > 256 / 4
+    patients_without_canaries = len(set(scores["patients"][~scores["canaries"]]))
+    assert result["trials"] == 3 * patients_without_canaries

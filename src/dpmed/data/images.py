@@ -73,10 +73,20 @@ class PlannedDataset:
     def sizes(self) -> dict[str, int]:
         return {split: len(indices) for split, (_, indices) in self.chosen.items()}
 
+    @property
+    def patient_ids(self) -> bool:
+        """Whether images carry real patient ids (PneumoniaMNIST's do not)."""
+        return self.name != "pneumoniamnist"
+
+    def patients(self, split: str) -> np.ndarray:
+        """The patient id of each image of `split`, before anything is decoded."""
+        of, indices = self.chosen[split]
+        return self.listing.patients[of][indices]
+
     def load(self) -> ImageDataset:
         official = self.listing.splits()
         splits = {split: official[of].take(idx) for split, (of, idx) in self.chosen.items()}
-        return ImageDataset(self.name, splits, patient_ids=self.name != "pneumoniamnist")
+        return ImageDataset(self.name, splits, patient_ids=self.patient_ids)
 
 
 def plan_dataset(

@@ -9,6 +9,7 @@ import csv
 import html
 import json
 import math
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ def build_report(
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     blocks = _blocks(loaded, figures) + _tuned_blocks(tuned, list(tune))
+    blocks += _audit_blocks(folders, figures)
     written = [_write_csv(loaded.runs, out / "results.csv")]
     (out / "report.md").write_text(_markdown(blocks))
     (out / "report.html").write_text(_html(blocks, out))
@@ -252,6 +254,39 @@ def _tuned_blocks(tuned: list[tables.Tuned], tune: list[str]) -> list[Block]:
         ),
         ("table", tables.tuned_table(tuned)),
     ]
+
+
+def _audit_blocks(folders: list[Path], figures: Path) -> list[Block]:
+    """Each folder's membership audit (`dpmed audit FOLDER`), where one was run."""
+    from dpmed.audit.build import AUDIT_FOLDER, AUDIT_NOTES, CONFIDENCE, audit_table
+
+    blocks: list[Block] = []
+    for folder in folders:
+        found = folder / AUDIT_FOLDER / "audit.json"
+        if not found.is_file():
+            continue
+        results = json.loads(found.read_text())["settings"]
+        name = f" ({folder.name})" if len(folders) > 1 else ""
+        blocks += [
+            ("h2", f"Membership audit{name}: what the trained models leak"),
+            ("table", audit_table(results)),
+        ]
+        notes = AUDIT_NOTES.format(confidence=f"{100 * CONFIDENCE:g}%")
+        blocks += [("p", " ".join(part.split())) for part in notes.split("\n\n")]
+        for figure, caption in AUDIT_FIGURES.items():
+            target = figures / f"{folder.name}-{figure}" if name else figures / figure
+            shutil.copyfile(folder / AUDIT_FOLDER / figure, target)
+            blocks.append(("figure", f"figures/{target.name}", caption))
+    return blocks
+
+
+AUDIT_FIGURES = {
+    "audit_roc.png": "LiRA's ROC per setting on log-log axes: the low false-positive rates "
+    "where an attack is a real threat to a patient; the dashed diagonal is chance.",
+    "audit_epsilon.png": "Left: the stated epsilon (black; at the top where there is none) "
+    "beside the lower bound each attack proves (0: nothing proved). Right: LiRA's true "
+    "positive rate at 1% false positives against test accuracy.",
+}
 
 
 def _accuracy_by_epoch(rows) -> dict[str, list[float]]:
