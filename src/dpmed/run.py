@@ -86,6 +86,7 @@ def run_experiment(
         )
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
+    draw = None  # an audit run's membership draw (images only)
     if config.is_table:
         prepared = _prepare_table(config, log)
         dp = _plan_dpsgd(config, prepared.model, len(prepared.inputs["train"][1]))
@@ -101,7 +102,6 @@ def run_experiment(
         model, model_init = build_model(
             config.model, weights=config.weights, image_size=config.input_size
         )
-        draw = None
         n_train = planned.sizes["train"]
         if config.audit_seed is not None:
             draw = draw_members(

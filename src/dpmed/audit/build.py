@@ -37,7 +37,7 @@ from dpmed.bench.store import ResultsStore
 from dpmed.bench.sweep import PlannedRun, plan_run
 from dpmed.config import RunConfig, load_yaml
 from dpmed.errors import ConfigError, DataError
-from dpmed.report.tables import group_runs
+from dpmed.report.tables import group_runs, setting_label, varying_settings
 from dpmed.run import AUDIT_SCORES, SUMMARY
 
 AUDIT_FOLDER = "audit"
@@ -72,17 +72,19 @@ def plan_audit(
 
 
 def _audited_configs(folder: Path) -> list[tuple[str, RunConfig]]:
-    """Per setting of a sweep folder its first seed's config; a run folder's config."""
+    """Per setting of a sweep folder its first seed's config; a run folder's config. That
+    file holds the calibrated noise (DP-SGD's noise multiplier, not the target): its audit
+    models, on half the images, spend more epsilon than the run did, and each audit model
+    is compared with the epsilon it spent itself."""
     if (folder / DB_NAME).is_file():
         store = ResultsStore(folder / DB_NAME, read_only=True)
         runs = store.finished_runs()
         store.close()
         if not runs:
             raise DataError(f"{folder / DB_NAME} has no finished runs to audit; run the sweep")
-        return [
-            (group.label, _config(min(group.runs, key=lambda r: r["config"]["seed"])["config"]))
-            for group in group_runs(runs)
-        ]
+        varying = varying_settings(runs)
+        firsts = [min(g.runs, key=lambda r: r["config"]["seed"]) for g in group_runs(runs)]
+        return [(_label(r["config"], varying), _config(r["config"])) for r in firsts]
     if (folder / SUMMARY).is_file() and (folder / "config.yaml").is_file():
         summary = json.loads((folder / SUMMARY).read_text())
         label = f"{summary['technique']} ({folder.name})"
@@ -91,6 +93,12 @@ def _audited_configs(folder: Path) -> list[tuple[str, RunConfig]]:
         f"{folder} is neither a sweep folder (with {DB_NAME}) nor a run folder (with "
         f"{SUMMARY}); give the --out of a finished dpmed bench or dpmed run"
     )
+
+
+def _label(config: dict[str, Any], varying: list[str]) -> str:
+    """The setting's name: the settings that vary, those at their empty value left out."""
+    shown = [k for k in varying if k == "technique" or config[k] not in (None, 0, False)]
+    return setting_label(config, shown or ["technique"])
 
 
 def _config(values: dict[str, Any]) -> RunConfig:

@@ -243,7 +243,7 @@ def audit_figures(results: list[dict], roc_fpr, out: Path) -> list[Path]:
     """The membership audit's figures in `out`: each setting's LiRA ROC on log-log axes
     (audit_roc.png), and per setting the stated epsilon beside each attack's empirical
     lower bound, with LiRA's TPR at 1% FPR against test accuracy (audit_epsilon.png)."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for r in results:
         ax.plot(roc_fpr, np.maximum(r["lira"]["roc_tpr"], 1e-4), label=r["setting"])
     ax.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle="--", linewidth=0.8, label="chance")
@@ -255,29 +255,33 @@ def audit_figures(results: list[dict], roc_fpr, out: Path) -> list[Path]:
     fig.savefig(roc, dpi=120)
     plt.close(fig)
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    x = np.arange(len(results))
+    names = [f"{i}. {r['setting']}" for i, r in enumerate(results, 1)]
+    height = 1.5 + 0.45 * len(results)
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(13, height), gridspec_kw={"width_ratios": [3, 2]}
+    )
+    y = np.arange(len(results))[::-1]
     for i, (attack, name) in enumerate(ATTACKS.items()):
         values = [r[attack]["epsilon_lower_bound"] if attack in r else np.nan for r in results]
-        left.bar(x + (i - 1) * 0.25, values, width=0.25, label=f"empirical: {name}")
+        left.barh(y + (1 - i) * 0.25, values, height=0.25, label=f"empirical: {name}")
     stated = [r["epsilon"] for r in results]
-    top = max([v for v in stated if v is not None] + [1.0]) * 2
+    top = max([v for v in stated if v is not None] + [1.0]) * 4
     left.scatter(
-        x,
         [top if v is None else v for v in stated],
-        marker="_",
-        s=600,
+        y,
+        marker="|",
+        s=300,
         color="black",
-        label="stated epsilon (top: none)",
+        label="stated epsilon (at the right end: none)",
     )
-    left.set_yscale("symlog", linthresh=0.1)
-    left.set(ylabel="epsilon", title="stated epsilon and what attacks prove")
-    left.set_xticks(x, [r["setting"] for r in results], rotation=30, ha="right", fontsize=8)
-    left.legend(fontsize=8)
-    for r in results:
+    left.set_xscale("symlog", linthresh=0.1)
+    left.set_yticks(y, names, fontsize=8)
+    left.set(xlabel="epsilon", title="stated epsilon and proved lower bounds")
+    left.legend(fontsize=8, loc="upper right")
+    for i, r in enumerate(results, 1):
         point = (100 * r["test_accuracy"], 100 * r["lira"]["tpr_at_1pct_fpr"])
-        right.scatter(*point)
-        right.annotate(r["setting"], point, fontsize=8)
+        right.scatter(*point, color="C0")
+        right.annotate(str(i), point, xytext=(4, 4), textcoords="offset points", fontsize=9)
     right.axhline(1, color="grey", linestyle="--", linewidth=0.8, label="chance (1%)")
     right.set(xlabel="test accuracy (%)", ylabel="LiRA TPR at 1% FPR (%)")
     right.set(title="leakage against utility")
