@@ -169,3 +169,19 @@ def test_kermany_is_audited_per_patient_against_the_patient_epsilon(tmp_path, ca
     assert result["epsilon"] == summary["privacy"]["epsilon_per_patient"] > 256 / 4
     patients_without_canaries = len(set(scores["patients"][~scores["canaries"]]))
     assert result["trials"] == 3 * patients_without_canaries
+
+
+def test_the_canary_bound_of_a_model_drowned_in_noise_is_near_zero(real_data, tmp_path, noise_key):
+    """DP-SGD with noise multiplier 1,000: the model cannot depend on its canaries."""
+    run = tmp_path / "run"
+    flags = ["--dataset", "pneumoniamnist", "--data-root", str(real_data), "--max-images", "200"]
+    flags += ["--model", "small-cnn", "--epochs", "1", "--technique", "dp-sgd"]
+    flags += ["--noise-multiplier", "1000", "--optimizer", "sgd", "--lr", "0.5"]
+    assert main(["run", *flags, "--out", str(run), "--quiet"]) == 0
+    audit = ["audit", str(run), "--models", "2", "--canaries", "80", "--quiet", "--jobs", "1"]
+    assert main(audit) == 0
+    result = json.loads((run / AUDIT_FOLDER / "audit.json").read_text())["settings"][0]
+    assert result["one_run"]["guesses"] == 40
+    # coin flips reach 1.0 about once in a million (35 or more of 40 right)
+    assert result["one_run"]["epsilon_lower_bound"] < 1.0
+    assert result["epsilon"] < 0.01
