@@ -23,11 +23,11 @@ import torch
 import yaml
 
 from dpmed import __version__, provenance
-from dpmed.audit.game import draw_members, play
+from dpmed.audit.game import audit_draw, play
 from dpmed.audit.membership import confidence_of_true_label
 from dpmed.config import RunConfig
 from dpmed.data import ImageDataset
-from dpmed.data.images import ImageSplit, plan_dataset
+from dpmed.data.images import ImageSplit, PlannedDataset, plan_dataset
 from dpmed.data.tabular import TableDataset, load_table
 from dpmed.errors import ConfigError
 from dpmed.files import check_output_folder
@@ -91,25 +91,13 @@ def run_experiment(
         prepared = _prepare_table(config, log)
         dp = _plan_dpsgd(config, prepared.model, len(prepared.inputs["train"][1]))
     else:
-        planned = plan_dataset(
-            config.dataset,
-            image_size=config.resolved_image_size,
-            data_root=config.data_root,
-            val_fraction=config.val_fraction,
-            max_images=config.max_images,
-            seed=config.seed,
-        )
+        planned = plan_images(config)
         model, model_init = build_model(
             config.model, weights=config.weights, image_size=config.input_size
         )
         n_train = planned.sizes["train"]
         if config.audit_seed is not None:
-            draw = draw_members(
-                n_train,
-                audit_seed=config.audit_seed,
-                canaries=config.canaries,
-                patients=planned.patients("train") if planned.patient_ids else None,
-            )
+            draw = audit_draw(planned, audit_seed=config.audit_seed, canaries=config.canaries)
             n_train = int(draw.members.sum())
         # planned before the images are decoded: settings it refuses leave no cache entry
         dp = _plan_dpsgd(config, model, n_train)
@@ -258,6 +246,18 @@ def _score_pool(
     )
     labels, probs, _ = predict(model.to(device), images, pool.labels, device=device)
     return confidence_of_true_label(probs, labels)
+
+
+def plan_images(config: RunConfig) -> PlannedDataset:
+    """The image data set `config` trains on, listed and split, nothing decoded."""
+    return plan_dataset(
+        config.dataset,
+        image_size=config.resolved_image_size,
+        data_root=config.data_root,
+        val_fraction=config.val_fraction,
+        max_images=config.max_images,
+        seed=config.seed,
+    )
 
 
 def staging_folder(out: Path) -> Path:

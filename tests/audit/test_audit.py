@@ -185,3 +185,14 @@ def test_the_canary_bound_of_a_model_drowned_in_noise_is_near_zero(real_data, tm
     # coin flips reach 1.0 about once in a million (35 or more of 40 right)
     assert result["one_run"]["epsilon_lower_bound"] < 1.0
     assert result["epsilon"] < 0.01
+
+
+def test_more_canaries_than_images_is_refused_before_any_training(real_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = ["--dataset", "pneumoniamnist", "--data-root", str(real_data), "--max-images", "50"]
+    assert main(["run", *flags, "--model", "small-cnn", "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(run), "--canaries", "51"]) == 2
+    err = capsys.readouterr().err
+    assert "canaries 51 is more than the 50 training images" in err
+    assert len(err.strip().splitlines()) == 1 and not (run / AUDIT_FOLDER).exists()

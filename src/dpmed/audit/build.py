@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from dpmed.audit.game import audit_draw
 from dpmed.audit.membership import empirical_epsilon, lira_scores, one_run_epsilon, roc_summary
 from dpmed.bench.driver import DB_NAME
 from dpmed.bench.store import ResultsStore
@@ -38,7 +39,7 @@ from dpmed.bench.sweep import PlannedRun, plan_run
 from dpmed.config import RunConfig, load_yaml
 from dpmed.errors import ConfigError, DataError
 from dpmed.report.tables import group_runs, setting_label, varying_settings
-from dpmed.run import AUDIT_SCORES, SUMMARY
+from dpmed.run import AUDIT_SCORES, SUMMARY, plan_images
 
 AUDIT_FOLDER = "audit"
 CONFIDENCE = 0.95
@@ -63,6 +64,7 @@ def plan_audit(
             raise ConfigError(f"{label}: the audit is for image data sets, not {config.dataset}")
         if data_root:
             config = config.replace(data_root=data_root)
+        audit_draw(plan_images(config), audit_seed=0, canaries=canaries)  # refuses too many, now
         runs = [
             plan_run(config.replace(audit_seed=i, canaries=canaries), f"{label}, audit model {i}")
             for i in range(models)

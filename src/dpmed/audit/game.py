@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dpmed.data.images import ImageDataset, ImageSplit
+from dpmed.data.images import ImageDataset, ImageSplit, PlannedDataset
 from dpmed.errors import ConfigError
 
 _MEMBERS, _CANARIES = 0x6D656D62, 0x63616E61  # streams of the public draws
@@ -52,6 +52,15 @@ def draw_members(
     chosen = np.zeros(n_pool, dtype=bool)
     chosen[np.random.default_rng(_CANARIES).choice(candidates, canaries, replace=False)] = True
     return AuditDraw(members, chosen, codes)
+
+
+def audit_draw(planned: PlannedDataset, *, audit_seed: int, canaries: int) -> AuditDraw:
+    """The draw of an audit run over `planned`'s training split, per patient where the
+    data has patient ids."""
+    patients = planned.patients("train") if planned.patient_ids else None
+    return draw_members(
+        planned.sizes["train"], audit_seed=audit_seed, canaries=canaries, patients=patients
+    )
 
 
 def play(dataset: ImageDataset, draw: AuditDraw) -> tuple[ImageDataset, ImageSplit]:
