@@ -247,6 +247,7 @@ def audit_table(results: list[dict[str, Any]]) -> list[list[str]]:
     for r in results:
         bug = " **(exceeds the stated epsilon: a bug)**" if r["exceeds_theory"] else ""
         stated = "none" if r["epsilon"] is None else f"{r['epsilon']:.3g} per {r['unit']}"
+        stated += f", delta {r['delta']:.2g}" if r["epsilon"] is not None and r["delta"] else ""
         lira = r["lira"]
         bounds = [r[a]["epsilon_lower_bound"] if a in r else None for a in ATTACKS]
         rows.append(
