@@ -28,7 +28,7 @@ from dpmed.progress import quiet
 from dpmed.train.loop import TrainSettings, fit
 
 MODES = [mode for mode in GRAD_SAMPLE_MODES if mode != "auto"]
-PER_IMAGE_MODES = [mode for mode in MODES if mode != "ghost"]  # what adaptive clipping needs
+PER_IMAGE_MODES = [mode for mode in MODES if mode not in ("ghost", "bk")]  # adaptive needs them
 
 
 def images_per_second(model_name: str, data: dict, batch: int, mode: str | None) -> float:

@@ -45,7 +45,8 @@ FLAG_HELP = {
     "--augment-multiplicity copies: K times the rows in memory); the logical batch is "
     "--batch-size",
     "grad_sample_mode": "dp-sgd: how Opacus gets per-image gradient norms: hooks, functorch, "
-    "ew, ghost (ghost clipping; not with the adaptive variants or --augment-multiplicity > 1), "
+    "ew, ghost (ghost clipping), bk (book-keeping: ghost's norms without its second pass; "
+    "ghost and bk not with the adaptive variants or --augment-multiplicity > 1), "
     "or auto (default: the fastest measured for the model that fits, else hooks)",
     "clipping": "dp-sgd: flat (fixed --max-grad-norm) or adaptive (the bound follows a private "
     "quantile of the gradient norms, Andrew et al. 2021; same epsilon)",

@@ -40,14 +40,14 @@ DEVICES = ("auto", "cpu", "cuda")
 # add/remove adjacency and are refused; dpmed.privacy.dpsgd_accounting)
 ACCOUNTANTS = ("pld",)
 # How DP-SGD gets per-image gradient norms (Opacus): auto picks per model, from the table below.
-GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost", "bk")
 # Per model, the fastest grad_sample_mode on CPU as measured by benchmarks/dpsgd_speed.py
 # (results/dpsgd_speed.json), and the fastest with per-image gradients, which the adaptive
 # variants need; a model not listed uses hooks.
 FASTEST_MODES_MEASURED_BY_DPSGD_SPEED = {
-    "small-cnn": ("ew", "ew"),
-    "resnet18-gn": ("ghost", "ew"),
-    "scatternet": ("hooks", "hooks"),
+    "small-cnn": ("bk", "ew"),
+    "resnet18-gn": ("bk", "hooks"),
+    "scatternet": ("ew", "ew"),
     "scatternet-cnn": ("ew", "ew"),
 }
 CLIPPINGS = ("flat", "adaptive")  # DP-SGD's clip bound: fixed, or toward a quantile
@@ -379,9 +379,10 @@ class RunConfig:
             raise ConfigError(
                 "noise_allocation clips per layer: use it with clipping flat, not adaptive"
             )
-        if self.grad_sample_mode == "ghost" and self._needs_per_image_gradients:
+        if self.grad_sample_mode in ("ghost", "bk") and self._needs_per_image_gradients:
             raise ConfigError(
-                "grad_sample_mode ghost has no per-image gradients, which clipping adaptive, "
+                f"grad_sample_mode {self.grad_sample_mode} has no per-image gradients, which "
+                "clipping adaptive, "
                 "noise_allocation and augment_multiplicity > 1 need; use grad_sample_mode "
                 "auto or hooks"
             )

@@ -194,7 +194,7 @@ SMALL_CNN = {"model": "small-cnn"}
 
 @pytest.mark.parametrize("physical", [1000, 3], ids=["whole", "chunked"])
 @pytest.mark.parametrize("setup", [SMALL_CNN, LINEAR], ids=["small-cnn", "linear"])
-@pytest.mark.parametrize("mode", ["ghost", "ew"])
+@pytest.mark.parametrize("mode", ["ghost", "bk", "ew"])
 def test_faster_modes_train_the_same_model_as_hooks(tmp_path, noise_key, mode, setup, physical):
     """Without noise and with the same seed, ghost clipping's and expanded weights'
     clipped sums are the hooks' one (auto picks them): the same parameters after an
@@ -236,7 +236,7 @@ def _noiseless_step(model, mode, x, targets, *, clip, lr=0.7):
     optimizer.step()
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "bk"])
 def test_one_huge_gradient_moves_the_model_by_at_most_lr_clip_over_batch(mode):
     """Three examples with zero gradient and one whose gradient is ~1e3: without noise,
     one SGD step moves the weights by exactly lr * C / B, the clipped example's share."""
@@ -252,16 +252,17 @@ def test_one_huge_gradient_moves_the_model_by_at_most_lr_clip_over_batch(mode):
     assert moved == pytest.approx(lr * clip / batch, rel=1e-4)
 
 
-def test_ghost_clipping_steps_resnet18_gn_as_per_image_gradients():
+@pytest.mark.parametrize("mode", ["ghost", "bk"])
+def test_ghost_and_bookkeeping_step_resnet18_gn_as_per_image_gradients(mode):
     """Strided, 1x1 and deep convolutions (Gram-matrix norms) and GroupNorm."""
     x, targets = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 1, 0])
     models = {}
-    for mode in ("hooks", "ghost"):
+    for name in ("hooks", mode):
         torch.manual_seed(0)
-        models[mode] = build_model("resnet18-gn")[0]
-        _noiseless_step(models[mode], mode, x, targets, clip=0.5)
-    hooks, ghost = models.values()
-    for a, b in zip(hooks.parameters(), ghost.parameters(), strict=True):
+        models[name] = build_model("resnet18-gn")[0]
+        _noiseless_step(models[name], name, x, targets, clip=0.5)
+    hooks, other = models.values()
+    for a, b in zip(hooks.parameters(), other.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -275,12 +276,13 @@ class _UnusedLayer(nn.Module):
         return self.used(x)
 
 
-def test_ghost_clipping_refuses_a_layer_it_took_no_norm_for():
+@pytest.mark.parametrize("mode", ["ghost", "bk"])
+def test_ghost_clipping_refuses_a_layer_it_took_no_norm_for(mode):
     """A layer without a norm must not be clipped with an old one."""
     torch.manual_seed(0)
     x, targets = torch.randn(4, 3), torch.ones(4).long()
     with pytest.raises(ConfigError, match="no gradient norm for a trained layer"):
-        _noiseless_step(_UnusedLayer(), "ghost", x, targets, clip=1.0)
+        _noiseless_step(_UnusedLayer(), mode, x, targets, clip=1.0)
 
 
 def test_ghost_clipping_refuses_the_adaptive_variants():

@@ -20,6 +20,8 @@ example's term scaled by its clip factor. Same clipped sum, same guarantee; per-
 gradients are never all held at once, and for Linear and most Conv2d layers never formed
 (dpmed.privacy.ghost_norms). Unlike Opacus's DPTensorFastGradientClipping, the first pass
 stops at the first trained layers' inputs and skips the weight gradients it would discard.
+Book-keeping (`bk`, Bu et al. 2023) keeps each layer's input and output gradient from that
+first pass and forms the clipped sum from them (dpmed.privacy.bookkeeping): no second pass.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from dpmed.privacy.adaptive_dpsgd import (
     gradient_noise_multiplier,
     layer_groups,
 )
+from dpmed.privacy.bookkeeping import clipped_sums
 from dpmed.privacy.dpsgd_accounting import (
     ACCOUNTANT,
     ADJACENCY,
@@ -115,6 +118,7 @@ class DPSGD:
     optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
     module: nn.Module | None = field(default=None, init=False, repr=False)
     _leaves: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    _kept: list[tuple] = field(default_factory=list, init=False, repr=False)  # bk's layers
     _sampler: torch.Generator | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -125,7 +129,12 @@ class DPSGD:
 
     @property
     def ghost(self) -> bool:
-        return self.grad_sample_mode == "ghost"
+        """Norms without per-image gradients: ghost clipping, or book-keeping (bk)."""
+        return self.grad_sample_mode in ("ghost", "bk")
+
+    @property
+    def bookkeeping(self) -> bool:
+        return self.grad_sample_mode == "bk"
 
     def wrap(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, n_train: int
@@ -133,7 +142,12 @@ class DPSGD:
         """The model with per-example gradients and the optimizer that clips and noises."""
         check_trainable(model)
         ghost = {"max_grad_norm": self.max_grad_norm} if self.ghost else {}
-        private = prepare_module(model, self.grad_sample_mode, loss_reduction="mean", **ghost)
+        mode = "ghost" if self.ghost else self.grad_sample_mode
+        private = prepare_module(model, mode, loss_reduction="mean", **ghost)
+        if self.bookkeeping:  # keep each layer's input and output gradient of the first pass
+            for samplers in ("NORM_SAMPLERS", "GRAD_SAMPLERS"):
+                kept = {kind: self._keeping(fn) for kind, fn in getattr(private, samplers).items()}
+                setattr(private, samplers, kept)
         settings = {
             "noise_multiplier": self.noise_multiplier,
             "max_grad_norm": self.max_grad_norm,
@@ -167,6 +181,13 @@ class DPSGD:
                 layer.register_forward_pre_hook(self._leaf_input)
         return private, dp_optimizer
 
+    def _keeping(self, sampler):
+        def keep(layer, activations, backprops):
+            self._kept.append((layer, activations[0], backprops))
+            return sampler(layer, activations, backprops)
+
+        return keep
+
     def _leaf_input(self, layer: nn.Module, args: tuple) -> tuple | None:
         """Ghost, training: a trained layer's input that needs no gradient (the first such
         layers: the model's input, or a fixed stage's output) becomes a leaf that does,
@@ -189,13 +210,22 @@ class DPSGD:
         for p in self.optimizer.params:
             p._norm_sample = None
         leaves, self._leaves = self._leaves, []
-        torch.autograd.grad(losses.mean(), leaves, retain_graph=True, allow_unused=True)
+        torch.autograd.grad(
+            losses.mean(), leaves, retain_graph=not self.bookkeeping, allow_unused=True
+        )
         if any(p._norm_sample is None for p in self.optimizer.params):
             raise ConfigError(
-                "grad_sample_mode ghost got no gradient norm for a trained layer: every "
-                "trained layer must take a tensor input and its output must reach the loss"
+                f"grad_sample_mode {self.grad_sample_mode} got no gradient norm for a trained "
+                "layer: every trained layer must take a tensor input and its output must reach "
+                "the loss"
             )
         factors = self.module.get_clipping_coef()
+        if self.bookkeeping:
+            kept, self._kept = self._kept, []
+            for layer, x, g in kept:
+                for p, clipped in clipped_sums(layer, x, g, factors).items():
+                    p.grad = clipped if p.grad is None else p.grad + clipped
+            return
         self.module.disable_hooks()
         (factors * losses).sum().backward()
         self.module.enable_hooks()
