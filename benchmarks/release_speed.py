@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -54,13 +55,13 @@ def diffprivlib_rate(mechanism: InputMechanism, scale: float, images: np.ndarray
 def release_speed(mechanism: InputMechanism, images: np.ndarray, sample: np.ndarray) -> dict:
     scale = mechanism.noise_scale(1.0, changed_pixels=1, delta=DELTA)
     pixels = images.size
-    ours = best_of(3, lambda: mechanism.release(images, scale, np.random.default_rng(1)))
+    ours = best_of(5, lambda: mechanism.release(images, scale, np.random.default_rng(1)))
     draw = (
         np.random.Generator.normal
         if isinstance(mechanism, Gaussian)
         else (np.random.Generator.laplace)
     )
-    numpy_only = best_of(3, lambda: draw(np.random.default_rng(1), 0.0, scale, images.shape))
+    numpy_only = best_of(5, lambda: draw(np.random.default_rng(1), 0.0, scale, images.shape))
     dpl = diffprivlib_rate(mechanism, scale, sample)
     return {
         "noise_scale": scale,
@@ -85,7 +86,9 @@ def main() -> None:
         "pixels": images.size,
         "diffprivlib_pixels": sample.size,
         "epsilon_per_pixel": 1.0,
+        "load_average_before": round(os.getloadavg()[0], 2),
         "mechanisms": {m.label: release_speed(m, images, sample) for m in mechanisms},
+        "load_average_after": round(os.getloadavg()[0], 2),
     }
     plain = results["mechanisms"]["laplace"]["dpmed_noisy_pixels_per_second"]
     snapped = results["mechanisms"]["laplace-snapped"]["dpmed_noisy_pixels_per_second"]

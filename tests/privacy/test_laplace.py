@@ -26,6 +26,20 @@ def test_noise_is_laplace_with_scale_b(b):
     assert noise.var() == pytest.approx(2 * b * b, rel=0.02)
 
 
+def test_noise_signs_are_fair_and_independent_of_each_other_and_of_the_magnitude():
+    """One random bit per pixel flips an exponential's sign: a bit reused across pixels (a
+    byte's 8 pixels, or the chunk boundaries) or tied to the magnitude would leak the pixel
+    where the marginal distribution still looks right."""
+    clean = np.zeros((40, 50, 50), dtype=np.uint8)  # 100,000 pixels, chunks not a multiple of 8
+    noise = PLAIN.release(clean, 1.0, np.random.default_rng(3)).astype(np.float64).ravel()
+    positive = (noise > 0).astype(np.float64)
+    assert abs(positive.mean() - 0.5) < 0.01  # sd 0.0016
+    for lag in range(1, 17):  # sd of r on 100k pairs: 0.003
+        assert abs(np.corrcoef(positive[:-lag], positive[lag:])[0, 1]) < 0.02, lag
+    assert abs(np.corrcoef(positive, np.abs(noise))[0, 1]) < 0.02
+    assert stats.kstest(np.abs(noise[noise > 0]), np.abs(noise[noise < 0])).pvalue > 1e-3
+
+
 def test_release_adds_noise_to_pixels_scaled_to_unit_interval():
     images = np.array([[[0, 255]]], dtype=np.uint8).repeat(20000, axis=0)
     released = PLAIN.release(images, 1.0, np.random.default_rng(1))

@@ -147,7 +147,7 @@ def test_releases_are_independent_across_seed_split_scale_and_mechanism(request,
 @pytest.mark.parametrize("mechanism", [Laplace(), Gaussian(), WeightedLaplace(image_size=8)])
 def test_a_release_drawn_in_chunks_has_fresh_noise_for_every_image(mechanism, monkeypatch):
     """Chunks of 7 images: every image gets its own draws, none repeats another chunk's."""
-    monkeypatch.setattr(mech, "_CHUNK", 7)
+    monkeypatch.setattr(mech, "_CHUNK", 7 * 64)
     released = mechanism.release(np.zeros((30, 8, 8), np.uint8), 1.0, np.random.default_rng(0))
     assert released.dtype == np.float16 and released.shape == (30, 8, 8)
     rows = released.reshape(30, -1).astype(np.float64)
