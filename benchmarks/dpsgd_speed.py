@@ -5,7 +5,10 @@ in the same process, for each model and each Opacus per-image-gradient mode.
 
 Each model's row is merged into `--out` (rows of other models are kept), with the settings
 it ran with and the load average around it: on a shared machine the rates vary between
-runs, a ratio measured in one process less so. The goal the issue sets is DP-SGD at most
+runs, a ratio measured in one process less so. Each mode's memory is the peak resident
+set size one epoch adds over the process's size before it, measured in a fresh process
+per mode (Linux: /proc/self/status VmHWM; freed memory a long-lived process keeps would
+hide a later mode's peak), and per image of the batch. The goal the issue sets is DP-SGD at most
 1.3x the non-private time per epoch. The fastest mode per model feeds `auto`
 (dpmed.config.FASTEST_MODES_MEASURED_BY_DPSGD_SPEED).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 from pathlib import Path
@@ -53,6 +57,30 @@ def images_per_second(model_name: str, data: dict, batch: int, mode: str | None)
     return record.train_images_per_second
 
 
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _epoch_peak_mib(model_name: str, data: dict, batch: int, mode: str | None) -> float:
+    """In a fresh process: the peak RSS one training epoch adds, in MiB."""
+    quiet()
+    images_per_second(model_name, {**data, "train": data["val"]}, 8, mode)  # warm-up
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
+    before = _status_mib("VmRSS")
+    images_per_second(model_name, data, batch, mode)
+    return _status_mib("VmHWM") - before
+
+
+def peak_memory(model_name: str, data: dict, batch: int, mode: str | None) -> float:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_epoch_peak_mib, (model_name, data, batch, mode))
+
+
 def measure(name: str, data: dict, batch: int, rounds: int) -> dict:
     """One model's row: the non-private rate, each mode's rate and slowdown, the fastest.
     Each round times every mode once, so that every mode's best is taken over the same
@@ -69,8 +97,15 @@ def measure(name: str, data: dict, batch: int, rounds: int) -> dict:
         for mode in rates:
             rates[mode] = max(rates[mode], images_per_second(name, data, batch, mode))
     plain = row["non_private_images_per_second"] = rates[None]
+    memory = {mode: peak_memory(name, data, batch, mode) for mode in rates}
+    row["non_private_peak_rss_mib"] = memory[None]
     for mode in MODES:
-        row[mode] = {"images_per_second": rates[mode], "slowdown": plain / rates[mode]}
+        row[mode] = {
+            "images_per_second": rates[mode],
+            "slowdown": plain / rates[mode],
+            "peak_rss_mib": memory[mode],
+            "peak_rss_kib_per_image": memory[mode] * 1024 / batch,
+        }
     for key, modes in (("fastest", MODES), ("fastest_per_image", PER_IMAGE_MODES)):
         best = min(modes, key=lambda m: row[m]["slowdown"])
         row[f"{key}_mode"], row[f"{key}_slowdown"] = best, row[best]["slowdown"]

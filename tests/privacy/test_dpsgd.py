@@ -192,15 +192,20 @@ LINEAR = {
 SMALL_CNN = {"model": "small-cnn"}
 
 
-@pytest.mark.parametrize("physical", [1000, 3], ids=["whole", "chunked"])
+@pytest.mark.parametrize(
+    ("physical", "sigma"), [(1000, 0.0), (3, 0.0), (1000, 0.5)], ids=["whole", "chunked", "noised"]
+)
 @pytest.mark.parametrize("setup", [SMALL_CNN, LINEAR], ids=["small-cnn", "linear"])
 @pytest.mark.parametrize("mode", ["ghost", "bk", "ew"])
-def test_faster_modes_train_the_same_model_as_hooks(tmp_path, noise_key, mode, setup, physical):
-    """Without noise and with the same seed, ghost clipping's and expanded weights'
-    clipped sums are the hooks' one (auto picks them): the same parameters after an
-    epoch, the same steps for the accountant."""
+def test_faster_modes_train_the_same_model_as_hooks(
+    tmp_path, noise_key, mode, setup, physical, sigma
+):
+    """With the same seed and the same noise (one noise key), ghost clipping's,
+    book-keeping's and expanded weights' clipped, noised sums are the one of Opacus's
+    per-sample hooks (auto picks them): the same parameters after an epoch, the same
+    steps for the accountant. Without noise the clipped sums alone are compared."""
     fits = {
-        mode: _dp_fit(tmp_path, sigma=0.0, clip=0.1, physical=physical, mode=mode, **setup)
+        mode: _dp_fit(tmp_path, sigma=sigma, clip=0.1, physical=physical, mode=mode, **setup)
         for mode in ("hooks", mode)
     }
     (hooks, dp_hooks, _), (other, dp_other, _) = fits.values()
