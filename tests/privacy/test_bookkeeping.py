@@ -37,6 +37,15 @@ def test_clipped_sums_are_the_factor_weighted_sums_of_per_example_gradients(name
         assert torch.allclose(value, expected[p], atol=1e-5), name
 
 
+def test_per_example_gradients_already_formed_are_weighted_by_the_factors():
+    grads = {"w": torch.randn(5, 3, 2), "b": torch.randn(5, 3)}
+    factors = torch.rand(5)
+    sums = clipped_sums(nn.GroupNorm(1, 3), None, None, factors, grads)
+    for name, grad in grads.items():
+        expected = sum(factors[i] * grad[i] for i in range(5))
+        assert torch.allclose(sums[name], expected, atol=1e-6)
+
+
 def test_a_frozen_bias_gets_no_sum():
     layer = nn.Linear(3, 2)
     layer.bias.requires_grad_(False)

@@ -6,7 +6,9 @@ output gradient G of each example's own loss. With c_i each example's clip facto
 clipped sum of the weight gradients is the layer's ordinary weight gradient with G_i
 scaled by c_i: one GEMM-shaped call per layer (for Conv2d the backend's weight-gradient
 kernel), where ghost clipping backpropagates sum_i c_i loss_i through the whole model
-again. Supported layers: Conv2d, Linear, GroupNorm (those of dpmed's image models).
+again. Supported layers: Conv2d, Linear, GroupNorm (those of dpmed's image models). Where
+the norms already formed per-example gradients (Opacus's grad samplers: GroupNorm), the
+clipped sum weights those instead.
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ from dpmed.errors import ConfigError
 
 
 def clipped_sums(
-    layer: nn.Module, x: torch.Tensor, g: torch.Tensor, factors: torch.Tensor
+    layer: nn.Module,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    factors: torch.Tensor,
+    grads: dict[nn.Parameter, torch.Tensor] | None = None,
 ) -> dict[nn.Parameter, torch.Tensor]:
     """sum_i c_i dloss_i/dp for each trained parameter p of `layer`, from its input x,
-    the output gradients g of the examples' own losses and their clip factors c (n,)."""
+    the output gradients g of the examples' own losses and their clip factors c (n,);
+    from the per-example gradients `grads` where the norms already formed them."""
+    if grads is not None:
+        return {
+            p: torch.einsum("n...,n->...", grad, factors.to(grad.dtype))
+            for p, grad in grads.items()
+        }
     gc = g * factors.to(g.dtype).view(-1, *[1] * (g.dim() - 1))
     x = x.to(g.dtype)
     if isinstance(layer, nn.Conv2d):

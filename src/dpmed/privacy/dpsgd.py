@@ -145,8 +145,11 @@ class DPSGD:
         mode = "ghost" if self.ghost else self.grad_sample_mode
         private = prepare_module(model, mode, loss_reduction="mean", **ghost)
         if self.bookkeeping:  # keep each layer's input and output gradient of the first pass
-            for samplers in ("NORM_SAMPLERS", "GRAD_SAMPLERS"):
-                kept = {kind: self._keeping(fn) for kind, fn in getattr(private, samplers).items()}
+            for samplers, formed in (("NORM_SAMPLERS", False), ("GRAD_SAMPLERS", True)):
+                kept = {
+                    kind: self._keeping(fn, formed)
+                    for kind, fn in getattr(private, samplers).items()
+                }
                 setattr(private, samplers, kept)
         settings = {
             "noise_multiplier": self.noise_multiplier,
@@ -181,10 +184,15 @@ class DPSGD:
                 layer.register_forward_pre_hook(self._leaf_input)
         return private, dp_optimizer
 
-    def _keeping(self, sampler):
+    def _keeping(self, sampler, formed: bool):
+        """`sampler`, keeping what bk needs for the layer's clipped sum: the per-image
+        gradients a grad sampler forms (`formed`), else the layer's input and output
+        gradient."""
+
         def keep(layer, activations, backprops):
-            self._kept.append((layer, activations[0], backprops))
-            return sampler(layer, activations, backprops)
+            result = sampler(layer, activations, backprops)
+            self._kept.append((layer, activations[0], backprops, result if formed else None))
+            return result
 
         return keep
 
@@ -222,8 +230,9 @@ class DPSGD:
         factors = self.module.get_clipping_coef()
         if self.bookkeeping:
             kept, self._kept = self._kept, []
-            for layer, x, g in kept:
-                for p, clipped in clipped_sums(layer, x, g, factors).items():
+            for layer, x, g, grads in kept:
+                sums = clipped_sums(layer, x, g, factors, grads)
+                for p, clipped in sums.items():
                     p.grad = clipped if p.grad is None else p.grad + clipped
             return
         self.module.disable_hooks()
