@@ -38,7 +38,6 @@ from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
 
-import dpmed.privacy.ghost_norms  # noqa: F401  (registers ghost clipping's Conv2d norms)
 from dpmed.errors import ConfigError
 from dpmed.privacy import secret
 from dpmed.privacy.adaptive_dpsgd import (
@@ -56,6 +55,7 @@ from dpmed.privacy.dpsgd_accounting import (
     calibrate_noise,
     composed_epsilon,
 )
+from dpmed.privacy.ghost_norms import conv2d_norms_and_gradients  # registers Conv2d norms
 from dpmed.privacy.guarantee import PrivacyGuarantee
 
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
@@ -96,6 +96,21 @@ def check_trainable(model: nn.Module) -> None:
             f"DP-SGD cannot train this model: {errors[0]} "
             "(BatchNorm mixes examples in a batch; use a model with GroupNorm)"
         )
+
+
+def _norms_only(sampler):
+    """A norm sampler that says it formed no per-image gradients."""
+    return lambda *args: (sampler(*args), None)
+
+
+def _gradients_kept(sampler):
+    """A grad sampler whose per-image gradients bk keeps."""
+
+    def both(*args):
+        grads = sampler(*args)
+        return grads, grads
+
+    return both
 
 
 @dataclass
@@ -144,13 +159,12 @@ class DPSGD:
         ghost = {"max_grad_norm": self.max_grad_norm} if self.ghost else {}
         mode = "ghost" if self.ghost else self.grad_sample_mode
         private = prepare_module(model, mode, loss_reduction="mean", **ghost)
-        if self.bookkeeping:  # keep each layer's input and output gradient of the first pass
-            for samplers, formed in (("NORM_SAMPLERS", False), ("GRAD_SAMPLERS", True)):
-                kept = {
-                    kind: self._keeping(fn, formed)
-                    for kind, fn in getattr(private, samplers).items()
-                }
-                setattr(private, samplers, kept)
+        if self.bookkeeping:  # keep what each layer's clipped sum needs from the first pass
+            norms = {kind: _norms_only(fn) for kind, fn in private.NORM_SAMPLERS.items()}
+            norms[nn.Conv2d] = conv2d_norms_and_gradients
+            grads = {kind: _gradients_kept(fn) for kind, fn in private.GRAD_SAMPLERS.items()}
+            private.NORM_SAMPLERS = {kind: self._keeping(fn) for kind, fn in norms.items()}
+            private.GRAD_SAMPLERS = {kind: self._keeping(fn) for kind, fn in grads.items()}
         settings = {
             "noise_multiplier": self.noise_multiplier,
             "max_grad_norm": self.max_grad_norm,
@@ -184,14 +198,14 @@ class DPSGD:
                 layer.register_forward_pre_hook(self._leaf_input)
         return private, dp_optimizer
 
-    def _keeping(self, sampler, formed: bool):
-        """`sampler`, keeping what bk needs for the layer's clipped sum: the per-image
-        gradients a grad sampler forms (`formed`), else the layer's input and output
-        gradient."""
+    def _keeping(self, sampler):
+        """A sampler that returns (what Opacus wants, the per-image gradients formed or
+        None) as one that keeps what bk needs for the layer's clipped sum: those
+        gradients, else the layer's input and output gradient."""
 
         def keep(layer, activations, backprops):
-            result = sampler(layer, activations, backprops)
-            self._kept.append((layer, activations[0], backprops, result if formed else None))
+            result, grads = sampler(layer, activations, backprops)
+            self._kept.append((layer, activations[0], backprops, grads))
             return result
 
         return keep

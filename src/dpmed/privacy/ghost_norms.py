@@ -22,17 +22,26 @@ from opacus.grad_sample.conv import compute_conv_grad_sample
 from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 
+Norms = dict[nn.Parameter, torch.Tensor]
+
 
 @register_norm_sampler(nn.Conv2d)
 def conv2d_norm_sample(
     layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
-) -> dict[nn.Parameter, torch.Tensor]:
+) -> Norms:
     """Each image's gradient norm of the layer's weight and bias, shape (n,) each."""
+    return conv2d_norms_and_gradients(layer, activations, backprops)[0]
+
+
+def conv2d_norms_and_gradients(
+    layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> tuple[Norms, Norms | None]:
+    """The norms, and the per-image gradients where they were formed (else None)."""
     n, out, positions = len(backprops), layer.out_channels, math.prod(backprops.shape[2:])
     inputs = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
     if layer.groups != 1 or positions * (inputs + out) >= inputs * out:
         grads = compute_conv_grad_sample(layer, activations, backprops)
-        return {p: grad.reshape(n, -1).norm(2, dim=1) for p, grad in grads.items()}
+        return {p: grad.reshape(n, -1).norm(2, dim=1) for p, grad in grads.items()}, grads
     a = unfold2d(
         activations[0].to(backprops.dtype),
         kernel_size=layer.kernel_size,
@@ -47,4 +56,4 @@ def conv2d_norm_sample(
         norms[layer.weight] = torch.einsum("nts,nts->n", gram_a, gram_g).clamp(min=0).sqrt()
     if layer.bias is not None and layer.bias.requires_grad:
         norms[layer.bias] = g.sum(dim=2).norm(2, dim=1)
-    return norms
+    return norms, None
