@@ -7,8 +7,8 @@ clipped sum of the weight gradients is the layer's ordinary weight gradient with
 scaled by c_i: one GEMM-shaped call per layer (for Conv2d the backend's weight-gradient
 kernel), where ghost clipping backpropagates sum_i c_i loss_i through the whole model
 again. Supported layers: Conv2d, Linear, GroupNorm (those of dpmed's image models). Where
-the norms already formed per-example gradients (Opacus's grad samplers: GroupNorm), the
-clipped sum weights those instead.
+the norms already formed per-example gradients (Opacus's grad samplers for GroupNorm, and
+dpmed.privacy.ghost_norms for the early Conv2d layers), the clipped sum weights those instead.
 """
 
 from __future__ import annotations
