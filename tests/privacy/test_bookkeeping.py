@@ -3,38 +3,79 @@ import torch
 from torch import nn
 
 from dpmed.errors import ConfigError
-from dpmed.privacy.bookkeeping import clipped_sums
+from dpmed.privacy.bookkeeping import BookKeeping, clipped_sums
 
 LAYERS = {
     "conv": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (5, 3, 9, 9)),
     "conv-grouped": (lambda: nn.Conv2d(4, 6, 3, groups=2, dilation=2), (5, 4, 9, 9)),
+    "conv-deep": (lambda: nn.Conv2d(16, 32, 3), (5, 16, 4, 4)),  # Gram-matrix norms
     "linear": (lambda: nn.Linear(7, 3), (5, 7)),
     "linear-sequence": (lambda: nn.Linear(7, 3), (5, 4, 7)),
     "groupnorm": (lambda: nn.GroupNorm(2, 4), (5, 4, 6, 6)),
+    "conv-groupnorm-inplace-relu-linear": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 3),
+            nn.GroupNorm(2, 4),
+            nn.ReLU(inplace=True),  # modifies the GroupNorm's output after its hook
+            nn.Flatten(),
+            nn.Linear(4 * 4 * 4, 3),
+        ),
+        (5, 2, 6, 6),
+    ),
 }
 
 
+def _loss(model, x, targets):
+    return ((model(x) - targets) ** 2).flatten(1).sum(dim=1)
+
+
 @pytest.mark.parametrize("name", LAYERS)
-def test_clipped_sums_are_the_factor_weighted_sums_of_per_example_gradients(name):
-    """Against one backward pass per example: sum_i c_i dloss_i/dp."""
+def test_clipped_sums_are_the_sums_of_clipped_per_example_gradients(name):
+    """Against one backward pass per example: sum_i min(1, C / ||g_i||) g_i, with C the
+    median norm so that some examples are clipped and some are not."""
     build, shape = LAYERS[name]
     torch.manual_seed(0)
-    layer, x = build(), torch.randn(shape)
-    factors = torch.rand(shape[0])
-    targets = torch.randn_like(layer(x))
-    expected = {p: torch.zeros_like(p) for p in layer.parameters()}
-    for i in range(shape[0]):
-        loss = ((layer(x[i : i + 1]) - targets[i : i + 1]) ** 2).sum()
-        for p, grad in zip(
-            layer.parameters(), torch.autograd.grad(loss, list(layer.parameters())), strict=True
-        ):
-            expected[p] += factors[i] * grad
-    out = layer(x)
-    g = 2 * (out - targets).detach()  # each example's own loss, by its own output
-    sums = clipped_sums(layer, x, g, factors)
-    assert set(sums) == set(layer.parameters())
-    for p, value in sums.items():
-        assert torch.allclose(value, expected[p], atol=1e-5), name
+    model, x = build(), torch.randn(shape)
+    targets = torch.randn_like(model(x))
+    params = list(model.parameters())
+    per_example = [
+        torch.autograd.grad(_loss(model, x[i : i + 1], targets[i : i + 1]).sum(), params)
+        for i in range(shape[0])
+    ]
+    norms = torch.stack([torch.cat([g.flatten() for g in grads]).norm() for grads in per_example])
+    clip = norms.median().item()
+    factors = (clip / (norms + 1e-6)).clamp(max=1)
+    assert (factors < 1).any() and (factors == 1).any()
+    bookkeeping = BookKeeping(model, clip)
+    leaf = x.clone().requires_grad_()
+    torch.autograd.grad(_loss(model, leaf, targets).sum(), leaf)
+    sums = bookkeeping.clipped_sums()
+    assert set(sums) == set(params)
+    for j, p in enumerate(params):
+        expected = sum(c * grads[j] for c, grads in zip(factors, per_example, strict=True))
+        assert torch.allclose(sums[p], expected, atol=1e-5), name
+
+
+def test_a_layer_whose_output_misses_the_loss_is_refused():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    bookkeeping = BookKeeping(model, 1.0)
+    x = torch.randn(4, 3, requires_grad=True)
+    hidden = model[0](x)
+    model[1](hidden)  # called, but its output is not backpropagated
+    torch.autograd.grad(hidden.sum(), x)
+    with pytest.raises(ConfigError, match="no gradient norm for a trained layer"):
+        bookkeeping.clipped_sums()
+
+
+def test_evaluation_keeps_nothing():
+    model = nn.Linear(3, 2)
+    bookkeeping = BookKeeping(model, 1.0)
+    model.eval()
+    model(torch.randn(4, 3))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3))
+    assert bookkeeping._kept == []
 
 
 def test_per_example_gradients_already_formed_are_weighted_by_the_factors():
@@ -55,6 +96,4 @@ def test_a_frozen_bias_gets_no_sum():
 
 def test_a_layer_without_a_clipped_sum_is_refused_with_what_to_do():
     with pytest.raises(ConfigError, match="use grad_sample_mode ghost"):
-        clipped_sums(
-            nn.BatchNorm2d(3), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.ones(2)
-        )
+        BookKeeping(nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)), 1.0)

@@ -1,23 +1,97 @@
 """Book-keeping clipping (Bu et al. 2023): the clipped sum of per-example gradients from
-each layer's activations and output gradients, with no second backward pass.
+each layer's activations and output gradients, in one backward pass.
 
-Ghost clipping's first pass leaves, per trained layer, its input X (n examples) and the
-output gradient G of each example's own loss. With c_i each example's clip factor, the
-clipped sum of the weight gradients is the layer's ordinary weight gradient with G_i
-scaled by c_i: one GEMM-shaped call per layer (for Conv2d the backend's weight-gradient
-kernel), where ghost clipping backpropagates sum_i c_i loss_i through the whole model
-again. Supported layers: Conv2d, Linear, GroupNorm (those of dpmed's image models). Where
-the norms already formed per-example gradients (Opacus's grad samplers for GroupNorm, and
-dpmed.privacy.ghost_norms for the early Conv2d layers), the clipped sum weights those instead.
+`BookKeeping` keeps, per trained layer, its input X (n examples) during the forward pass
+and, from a hook on its output, the output gradient G of each example's own loss during
+one backward pass that computes no weight gradient. Each layer's per-example norms come
+from X and G (dpmed.privacy.ghost_norms for Conv2d, ||G_i|| ||X_i|| for Linear); with c_i
+each example's clip factor, the clipped sum of the weight gradients is the layer's ordinary
+weight gradient with G_i scaled by c_i: one GEMM-shaped call per layer (for Conv2d the
+backend's weight-gradient kernel), where ghost clipping backpropagates sum_i c_i loss_i
+through the whole model again. Supported layers: Conv2d, Linear, GroupNorm (those of
+dpmed's models). Where the norms already formed per-example gradients (GroupNorm, and the
+early Conv2d layers), the clipped sum weights those instead.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from opacus.grad_sample.group_norm import compute_group_norm_grad_sample
+from opacus.grad_sample.linear import compute_linear_norm_sample
+from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
 from dpmed.errors import ConfigError
+from dpmed.privacy.ghost_norms import Norms, conv2d_norms_and_gradients
+
+
+def _gradients_and_their_norms(layer, activations, backprops) -> tuple[Norms, Norms]:
+    grads = compute_group_norm_grad_sample(layer, activations, backprops)
+    return {p: grad.reshape(len(grad), -1).norm(2, dim=1) for p, grad in grads.items()}, grads
+
+
+def _linear_norms(layer, activations, backprops) -> tuple[Norms, None]:
+    """||G_i|| ||X_i|| for one input row per example (Opacus's einsums cost more here)."""
+    if backprops.dim() != 2:
+        return compute_linear_norm_sample(layer, activations, backprops), None
+    g2, x2 = backprops.square().sum(dim=1), activations[0].to(backprops.dtype).square().sum(dim=1)
+    norms = {layer.weight: (g2 * x2).sqrt(), layer.bias: g2.sqrt()}
+    return {p: norm for p, norm in norms.items() if p is not None and p.requires_grad}, None
+
+
+# layer type -> (layer, [input], output gradient) -> (norms, per-example gradients or None)
+NORMS_AND_GRADIENTS = {
+    nn.Conv2d: conv2d_norms_and_gradients,
+    nn.Linear: _linear_norms,
+    nn.GroupNorm: _gradients_and_their_norms,
+}
+
+
+class BookKeeping:
+    """Hooks on a model's trained layers that keep what each layer's clipped sum needs
+    from a training forward and backward pass, and the clipped sums they give."""
+
+    def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
+        self.max_grad_norm = max_grad_norm
+        self.layers = [layer for _, layer in trainable_modules(model)]
+        for layer in self.layers:
+            if type(layer) not in NORMS_AND_GRADIENTS:
+                raise ConfigError(
+                    f"grad_sample_mode bk has no clipped sum for {type(layer).__name__}; "
+                    "use grad_sample_mode ghost"
+                )
+            layer.register_forward_hook(self._keep)
+        self._kept: list[list] = []  # [layer, its input, its output gradient] per call
+
+    def _keep(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if not (layer.training and torch.is_grad_enabled()):
+            return
+        kept = [layer, args[0].detach(), None]
+        self._kept.append(kept)
+        # A hook registered before any in-place op on the output gets the output's own gradient.
+        output.register_hook(lambda grad: kept.__setitem__(2, grad.detach()))
+
+    @torch.no_grad()
+    def clipped_sums(self) -> dict[nn.Parameter, torch.Tensor]:
+        """sum_i c_i dloss_i/dp per trained parameter p, after the backward pass of
+        sum_i loss_i: c_i = min(1, C / (||dloss_i/dtheta|| + 1e-6)), as Opacus clips."""
+        kept, self._kept = self._kept, []
+        called = [layer for layer, _, _ in kept]
+        if any(g is None for _, _, g in kept) or sorted(map(id, called)) != sorted(
+            map(id, self.layers)
+        ):
+            raise ConfigError(
+                "grad_sample_mode bk got no gradient norm for a trained layer (or one used "
+                "twice): every trained layer must be called once, on a tensor, and its output "
+                "must reach the loss"
+            )
+        formed = [NORMS_AND_GRADIENTS[type(layer)](layer, [x], g) for layer, x, g in kept]
+        norms = [norm for layer_norms, _ in formed for norm in layer_norms.values()]
+        factors = (self.max_grad_norm / (torch.stack(norms).norm(2, dim=0) + 1e-6)).clamp(max=1)
+        sums = {}
+        for (layer, x, g), (_, grads) in zip(kept, formed, strict=True):
+            sums |= clipped_sums(layer, x, g, factors, grads)
+        return sums
 
 
 def clipped_sums(
@@ -27,12 +101,12 @@ def clipped_sums(
     factors: torch.Tensor,
     grads: dict[nn.Parameter, torch.Tensor] | None = None,
 ) -> dict[nn.Parameter, torch.Tensor]:
-    """sum_i c_i dloss_i/dp for each trained parameter p of `layer`, from its input x,
-    the output gradients g of the examples' own losses and their clip factors c (n,);
-    from the per-example gradients `grads` where the norms already formed them."""
+    """sum_i c_i dloss_i/dp for each trained parameter p of `layer` (Conv2d, Linear), from
+    its input x, the output gradients g of the examples' own losses and their clip factors
+    c (n,); from the per-example gradients `grads` where the norms already formed them."""
     if grads is not None:
         return {
-            p: torch.einsum("n...,n->...", grad, factors.to(grad.dtype))
+            p: (factors.to(grad.dtype) @ grad.reshape(len(grad), -1)).view(grad.shape[1:])
             for p, grad in grads.items()
         }
     gc = g * factors.to(g.dtype).view(-1, *[1] * (g.dim() - 1))
@@ -43,15 +117,8 @@ def clipped_sums(
         )
         sums = {layer.weight: weight, layer.bias: gc.sum(dim=(0, 2, 3))}
     elif isinstance(layer, nn.Linear):
-        weight = torch.einsum("n...o,n...i->oi", gc, x)
-        sums = {layer.weight: weight, layer.bias: gc.reshape(-1, gc.shape[-1]).sum(dim=0)}
-    elif isinstance(layer, nn.GroupNorm):
-        normalised = F.group_norm(x, layer.num_groups, eps=layer.eps)
-        over = (0, *range(2, g.dim()))
-        sums = {layer.weight: (gc * normalised).sum(dim=over), layer.bias: gc.sum(dim=over)}
-    else:
-        raise ConfigError(
-            f"grad_sample_mode bk has no clipped sum for {type(layer).__name__}; "
-            "use grad_sample_mode ghost"
-        )
+        gc, x = gc.reshape(-1, gc.shape[-1]), x.reshape(-1, x.shape[-1])  # rows of all examples
+        sums = {layer.weight: gc.T @ x, layer.bias: gc.sum(dim=0)}
+    else:  # GroupNorm's per-example gradients are always formed
+        raise TypeError(f"no clipped sum from the output gradient of {type(layer).__name__}")
     return {p: s for p, s in sums.items() if p is not None and p.requires_grad}

@@ -38,6 +38,7 @@ from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
 
+import dpmed.privacy.ghost_norms  # noqa: F401  (registers Opacus's Conv2d norm sampler)
 from dpmed.errors import ConfigError
 from dpmed.privacy import secret
 from dpmed.privacy.adaptive_dpsgd import (
@@ -47,7 +48,7 @@ from dpmed.privacy.adaptive_dpsgd import (
     gradient_noise_multiplier,
     layer_groups,
 )
-from dpmed.privacy.bookkeeping import clipped_sums
+from dpmed.privacy.bookkeeping import BookKeeping
 from dpmed.privacy.dpsgd_accounting import (
     ACCOUNTANT,
     ADJACENCY,
@@ -55,7 +56,6 @@ from dpmed.privacy.dpsgd_accounting import (
     calibrate_noise,
     composed_epsilon,
 )
-from dpmed.privacy.ghost_norms import conv2d_norms_and_gradients  # registers Conv2d norms
 from dpmed.privacy.guarantee import PrivacyGuarantee
 
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
@@ -98,21 +98,6 @@ def check_trainable(model: nn.Module) -> None:
         )
 
 
-def _norms_only(sampler):
-    """A norm sampler that says it formed no per-image gradients."""
-    return lambda *args: (sampler(*args), None)
-
-
-def _gradients_kept(sampler):
-    """A grad sampler whose per-image gradients bk keeps."""
-
-    def both(*args):
-        grads = sampler(*args)
-        return grads, grads
-
-    return both
-
-
 @dataclass
 class DPSGD:
     """One DP-SGD training: wraps the model and optimizer, draws batches, counts steps."""
@@ -133,7 +118,7 @@ class DPSGD:
     optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
     module: nn.Module | None = field(default=None, init=False, repr=False)
     _leaves: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
-    _kept: list[tuple] = field(default_factory=list, init=False, repr=False)  # bk's layers
+    _bookkeeping: BookKeeping | None = field(default=None, init=False, repr=False)
     _sampler: torch.Generator | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -156,15 +141,12 @@ class DPSGD:
     ) -> tuple[nn.Module, DPOptimizer]:
         """The model with per-example gradients and the optimizer that clips and noises."""
         check_trainable(model)
-        ghost = {"max_grad_norm": self.max_grad_norm} if self.ghost else {}
-        mode = "ghost" if self.ghost else self.grad_sample_mode
-        private = prepare_module(model, mode, loss_reduction="mean", **ghost)
-        if self.bookkeeping:  # keep what each layer's clipped sum needs from the first pass
-            norms = {kind: _norms_only(fn) for kind, fn in private.NORM_SAMPLERS.items()}
-            norms[nn.Conv2d] = conv2d_norms_and_gradients
-            grads = {kind: _gradients_kept(fn) for kind, fn in private.GRAD_SAMPLERS.items()}
-            private.NORM_SAMPLERS = {kind: self._keeping(fn) for kind, fn in norms.items()}
-            private.GRAD_SAMPLERS = {kind: self._keeping(fn) for kind, fn in grads.items()}
+        if self.bookkeeping:  # its own hooks, not Opacus's module
+            private, self._bookkeeping = model, BookKeeping(model, self.max_grad_norm)
+        else:
+            ghost = {"max_grad_norm": self.max_grad_norm} if self.ghost else {}
+            mode = "ghost" if self.ghost else self.grad_sample_mode
+            private = prepare_module(model, mode, loss_reduction="mean", **ghost)
         settings = {
             "noise_multiplier": self.noise_multiplier,
             "max_grad_norm": self.max_grad_norm,
@@ -198,18 +180,6 @@ class DPSGD:
                 layer.register_forward_pre_hook(self._leaf_input)
         return private, dp_optimizer
 
-    def _keeping(self, sampler):
-        """A sampler that returns (what Opacus wants, the per-image gradients formed or
-        None) as one that keeps what bk needs for the layer's clipped sum: those
-        gradients, else the layer's input and output gradient."""
-
-        def keep(layer, activations, backprops):
-            result, grads = sampler(layer, activations, backprops)
-            self._kept.append((layer, activations[0], backprops, grads))
-            return result
-
-        return keep
-
     def _leaf_input(self, layer: nn.Module, args: tuple) -> tuple | None:
         """Ghost, training: a trained layer's input that needs no gradient (the first such
         layers: the model's input, or a fixed stage's output) becomes a leaf that does,
@@ -225,30 +195,26 @@ class DPSGD:
         """Backpropagate one chunk's per-example losses (as their mean). Ghost: a first
         pass, hooks on, down to the trained layers' inputs gives each example's norm (no
         weight gradients); a second, hooks off, backpropagates sum_i c_i loss_i with c_i
-        its clip factor."""
+        its clip factor. Book-keeping: the first pass (of sum_i loss_i) alone, its clipped
+        sums formed from what its hooks kept."""
         if not self.ghost:
             losses.mean().backward()
             return
+        leaves, self._leaves = self._leaves, []
+        if self.bookkeeping:
+            torch.autograd.grad(losses.sum(), leaves, allow_unused=True)
+            for p, clipped in self._bookkeeping.clipped_sums().items():
+                p.grad = clipped if p.grad is None else p.grad + clipped
+            return
         for p in self.optimizer.params:
             p._norm_sample = None
-        leaves, self._leaves = self._leaves, []
-        torch.autograd.grad(
-            losses.mean(), leaves, retain_graph=not self.bookkeeping, allow_unused=True
-        )
+        torch.autograd.grad(losses.mean(), leaves, retain_graph=True, allow_unused=True)
         if any(p._norm_sample is None for p in self.optimizer.params):
             raise ConfigError(
-                f"grad_sample_mode {self.grad_sample_mode} got no gradient norm for a trained "
-                "layer: every trained layer must take a tensor input and its output must reach "
-                "the loss"
+                "grad_sample_mode ghost got no gradient norm for a trained layer: every "
+                "trained layer must take a tensor input and its output must reach the loss"
             )
         factors = self.module.get_clipping_coef()
-        if self.bookkeeping:
-            kept, self._kept = self._kept, []
-            for layer, x, g, grads in kept:
-                sums = clipped_sums(layer, x, g, factors, grads)
-                for p, clipped in sums.items():
-                    p.grad = clipped if p.grad is None else p.grad + clipped
-            return
         self.module.disable_hooks()
         (factors * losses).sum().backward()
         self.module.enable_hooks()
