@@ -1,11 +1,13 @@
 """Secret noise: nothing an output holds regenerates it; a noise key makes it reproducible."""
 
 import base64
+import itertools
 import json
 import pickle
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from dpmed.errors import ConfigError
@@ -19,6 +21,21 @@ def test_without_a_key_every_draw_is_fresh():
     a, b = (secret.torch_generator(identity) for _ in range(2))
     assert not torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b))
     assert secret.random_state(identity) is None  # diffprivlib then uses secrets.SystemRandom
+
+
+def test_torch_noise_depends_on_all_the_secret_bits(monkeypatch):
+    """torch's manual_seed keeps a seed's low 32 bits: secrets 2^32 apart would draw the
+    same DP-SGD noise, which anyone holding the model could search for. The generator's
+    whole state comes from the secret, its draws are standard normal, and it does not
+    hand the secret back as its initial seed."""
+    draws = []
+    for seed in (5, 5 + 2**32, 5 + 2**64, 5 + 2**255):
+        monkeypatch.setattr(secret, "noise_seed", lambda identity, seed=seed: seed)
+        generator = secret.torch_generator({"draw": "test"})
+        assert generator.initial_seed() == 0
+        draws.append(torch.randn(100_000, generator=generator))
+    assert all(not torch.equal(a[:8], b[:8]) for a, b in itertools.combinations(draws, 2))
+    assert scipy.stats.kstest(draws[0].numpy(), "norm").pvalue > 1e-3
 
 
 def test_with_a_key_equal_identities_draw_equal_noise_and_others_independent(noise_key):

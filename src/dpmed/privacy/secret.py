@@ -18,8 +18,9 @@ Names of cached releases carry `cache_tag(identity)`, an HMAC of the identity un
 random secret kept in the cache folder (which also holds the decoded private images), so
 a file name says nothing about the private images it was drawn from.
 
-numpy draws use PCG64 seeded with 256 bits. torch generators take a 64-bit seed (torch's
-limit): regenerating DP-SGD's noise means searching 2^64 seeds, each replaying a training.
+numpy draws use PCG64 seeded with 256 bits. torch's CPU generator (MT19937) keeps only the
+low 32 bits of a `manual_seed`, a search anyone can run, so its whole 19,937-bit state is
+set from the 256 secret bits instead; a CUDA generator (Philox) takes a full 64-bit seed.
 
 >>> a, b = numpy_generator({"draw": "demo"}), numpy_generator({"draw": "demo"})
 >>> bool(a.random() != b.random())  # no key: fresh operating-system entropy each time
@@ -114,12 +115,25 @@ def numpy_generator(identity: Mapping[str, Any]) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(noise_seed(identity))))
 
 
+# torch's CPU generator state (CPUGeneratorImplState): the seed (uint64), left and seeded
+# (int32 each), next (uint64), then MT19937's 624 words, each stored as a uint64.
+_MT_WORDS, _MT_OFFSET = 624, 24
+
+
 def torch_generator(identity: Mapping[str, Any], device: Any = "cpu") -> Any:
-    """A torch generator on `device` (DP-SGD's noise, Poisson batches): 64 secret bits."""
+    """A torch generator on `device` (DP-SGD's noise, Poisson batches) drawn from the
+    256 secret bits: on CPU its whole MT19937 state, on CUDA a 64-bit seed."""
     import torch
 
+    seed = noise_seed(identity)
     generator = torch.Generator(device=device)
-    return generator.manual_seed(noise_seed(identity) % 2**64)
+    if generator.device.type != "cpu":
+        return generator.manual_seed(seed % 2**64)
+    words = np.random.SeedSequence(seed).generate_state(_MT_WORDS, np.uint32).astype(np.uint64)
+    words[0] |= 0x80000000  # MT19937 reads only mt[0]'s top bit: never an all-zero state
+    state = generator.manual_seed(0).get_state().numpy().copy()  # a fresh state: left = 1
+    state[_MT_OFFSET : _MT_OFFSET + 8 * _MT_WORDS] = words.view(np.uint8)
+    return generator.set_state(torch.from_numpy(state))
 
 
 def random_state(identity: Mapping[str, Any]) -> np.random.RandomState | None:
