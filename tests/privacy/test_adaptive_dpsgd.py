@@ -205,7 +205,8 @@ def test_entropy_shares_move_away_from_a_group_without_gradient():
         _step(opt, per_image)
     assert opt.shares.sum().item() == pytest.approx(1.0)
     assert opt.shares.argmin().item() == 1
-    assert opt.shares[1].item() == pytest.approx(SHARE_FLOOR / 3, rel=0.05)
+    # group 1's estimated signal is noise alone: clamped to none, or small next to the others'
+    assert SHARE_FLOOR / 3 <= opt.shares[1].item() < 0.5 / 3
     constant = _allocation(allocation="equal", every=5)
     for _ in range(5):
         _step(constant, _per_image(constant, 50))

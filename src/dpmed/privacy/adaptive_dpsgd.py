@@ -40,8 +40,10 @@ from typing import Any
 import torch
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.adaclipoptimizer import AdaClipDPOptimizer
-from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
+
+from dpmed.privacy.dpsgd_noise import gaussian_noise
 
 NOISE_ALLOCATIONS = ("equal", "entropy")
 
@@ -247,7 +249,7 @@ class NoiseAllocation(DPOptimizer):
         energy = torch.zeros(len(stds))
         for p, g in zip(self.params, self.group_of, strict=True):
             _check_processed_flag(p.summed_grad)
-            noise = _generate_noise(
+            noise = gaussian_noise(
                 std=stds[g],
                 reference=p.summed_grad,
                 generator=self.generator,

@@ -56,6 +56,7 @@ from dpmed.privacy.dpsgd_accounting import (
     calibrate_noise,
     composed_epsilon,
 )
+from dpmed.privacy.dpsgd_noise import noise_generator
 from dpmed.privacy.guarantee import PrivacyGuarantee
 
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
@@ -152,7 +153,7 @@ class DPSGD:
             "max_grad_norm": self.max_grad_norm,
             "expected_batch_size": max(1, round(self.sample_rate * n_train)),
             "loss_reduction": "mean",
-            "generator": secret.torch_generator(
+            "generator": noise_generator(
                 self.identity | {"draw": "dp-sgd noise"}, next(model.parameters()).device
             ),
         }
@@ -235,7 +236,8 @@ class DPSGD:
         if self._sampler is None:
             self._sampler = secret.torch_generator(self.identity | {"draw": "poisson batches"})
         for _ in range(math.ceil(1 / self.sample_rate)):
-            chosen = torch.rand(n_train, generator=self._sampler) < self.sample_rate
+            draws = torch.rand(n_train, dtype=torch.float64, generator=self._sampler)
+            chosen = draws < self.sample_rate  # 53-bit uniforms: the accounted rate, to 1e-16
             indices = chosen.nonzero().flatten()
             yield list(indices.split(self.physical_batch_size)) if len(indices) else []
 

@@ -1,0 +1,72 @@
+"""DP-SGD's noise: standard normal to its 8.57-std tail, drawn from the secret generator."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from opacus.optimizers import (
+    DPOptimizer,
+    adaclipoptimizer,
+    optimizer,
+    optimizer_fast_gradient_clipping,
+)
+
+from dpmed.privacy import dpsgd_noise
+from dpmed.privacy.dpsgd_noise import gaussian_noise, noise_generator
+
+GENERATORS = {
+    "pcg64": lambda: np.random.Generator(np.random.PCG64(0)),
+    "torch": lambda: torch.Generator().manual_seed(0),
+}
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_noise_is_normal_with_the_std_asked_for(name):
+    reference = torch.empty(301, 333, dtype=torch.float64)  # an odd count: half a pair unused
+    noise = gaussian_noise(2.5, reference, GENERATORS[name]())
+    assert noise.shape == reference.shape and noise.dtype == torch.float64
+    assert scipy.stats.kstest(noise.flatten().numpy() / 2.5, "norm").pvalue > 1e-3
+    assert gaussian_noise(0.0, reference, GENERATORS[name]()).count_nonzero() == 0
+
+
+def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_reaches_8_57(monkeypatch):
+    """torch's Box-Muller on 24-bit uniforms: no pair (values j and j + 8 of each 16) has
+    radius above sqrt(-2 ln 2^-24), a tail the accountant assumes. Ours draws the radius
+    from a 53-bit uniform: at the largest one, 1 - 2^-53, it is sqrt(-2 ln 2^-53)."""
+    draws = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0)).double()
+    pairs = draws.view(-1, 2, 8)
+    radius = pairs.square().sum(dim=1).sqrt()
+    assert radius.max().item() <= math.sqrt(-2 * math.log(2**-24)) + 1e-6  # 5.77
+    for generator in GENERATORS.values():
+        u, _ = dpsgd_noise._uniforms(generator(), 100_000, torch.device("cpu"))
+        assert u.dtype == torch.float64 and ((u * 2**24) % 1 != 0).float().mean() > 0.99
+    largest = torch.full((3,), 1 - 2**-53, dtype=torch.float64)
+    monkeypatch.setattr(dpsgd_noise, "_uniforms", lambda *_: (largest.clone(), torch.zeros(3)))
+    noise = gaussian_noise(2.0, torch.empty(5), None)
+    assert noise[0].item() == pytest.approx(2.0 * math.sqrt(-2 * math.log(2**-53)), rel=1e-6)
+
+
+def test_every_opacus_optimizer_draws_our_noise_from_the_generator_given():
+    for module in (optimizer, optimizer_fast_gradient_clipping, adaclipoptimizer):
+        assert module._generate_noise is gaussian_noise
+    weight = torch.nn.Parameter(torch.zeros(4, 5))
+    dp = DPOptimizer(
+        torch.optim.SGD([weight], lr=1.0),
+        noise_multiplier=0.5,
+        max_grad_norm=2.0,
+        expected_batch_size=1,
+        generator=np.random.Generator(np.random.PCG64(7)),
+    )
+    weight.grad_sample = torch.zeros(3, 4, 5)
+    dp.step()
+    expected = gaussian_noise(1.0, weight, np.random.Generator(np.random.PCG64(7)))
+    assert torch.equal(weight.detach(), -expected)
+
+
+def test_on_cpu_the_noise_generator_is_pcg64_from_the_secret(noise_key):
+    generator = noise_generator({"draw": "test"}, "cpu")
+    assert isinstance(generator.bit_generator, np.random.PCG64)
+    again = noise_generator({"draw": "test"}, torch.device("cpu"))
+    assert generator.random() == again.random()
