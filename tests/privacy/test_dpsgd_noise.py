@@ -23,29 +23,30 @@ GENERATORS = {
 
 
 @pytest.mark.parametrize("name", GENERATORS)
-def test_noise_is_normal_with_the_std_asked_for(name):
+def test_noise_is_normal_with_the_std_asked_for_and_the_same_from_the_same_seed(name):
     reference = torch.empty(301, 333, dtype=torch.float64)  # an odd count: half a pair unused
     noise = gaussian_noise(2.5, reference, GENERATORS[name]())
     assert noise.shape == reference.shape and noise.dtype == torch.float64
     assert scipy.stats.kstest(noise.flatten().numpy() / 2.5, "norm").pvalue > 1e-3
+    assert torch.equal(gaussian_noise(2.5, reference, GENERATORS[name]()), noise)
     assert gaussian_noise(0.0, reference, GENERATORS[name]()).count_nonzero() == 0
 
 
-def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_reaches_8_57(monkeypatch):
+def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_reaches_8_57():
     """torch's Box-Muller on 24-bit uniforms: no pair (values j and j + 8 of each 16) has
-    radius above sqrt(-2 ln 2^-24), a tail the accountant assumes. Ours draws the radius
-    from a 53-bit uniform: at the largest one, 1 - 2^-53, it is sqrt(-2 ln 2^-53)."""
+    radius above sqrt(-2 ln 2^-24), a tail the accountant assumes. Ours takes the radius
+    from 1 - u with u a 53-bit uniform: at the largest u, 1 - 2^-53, it is sqrt(-2 ln 2^-53)."""
     draws = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0)).double()
-    pairs = draws.view(-1, 2, 8)
-    radius = pairs.square().sum(dim=1).sqrt()
+    radius = draws.view(-1, 2, 8).square().sum(dim=1).sqrt()
     assert radius.max().item() <= math.sqrt(-2 * math.log(2**-24)) + 1e-6  # 5.77
-    for generator in GENERATORS.values():
-        u, _ = dpsgd_noise._uniforms(generator(), 100_000, torch.device("cpu"))
-        assert u.dtype == torch.float64 and ((u * 2**24) % 1 != 0).float().mean() > 0.99
-    largest = torch.full((3,), 1 - 2**-53, dtype=torch.float64)
-    monkeypatch.setattr(dpsgd_noise, "_uniforms", lambda *_: (largest.clone(), torch.zeros(3)))
-    noise = gaussian_noise(2.0, torch.empty(5), None)
-    assert noise[0].item() == pytest.approx(2.0 * math.sqrt(-2 * math.log(2**-53)), rel=1e-6)
+    for u in (
+        np.random.default_rng(0).random(100_000),
+        torch.rand(100_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+    ):
+        assert ((u * 2**24) % 1 != 0).sum() > 99_000  # finer than torch's 24-bit grid
+    out = np.empty((2, 1), dtype=np.float32)
+    dpsgd_noise._box_muller(np.float32([2**-53]), np.float32([0.0]), 2.0, out)
+    assert out[0, 0] == pytest.approx(2.0 * math.sqrt(-2 * math.log(2**-53)), rel=1e-6)  # 8.57
 
 
 def test_every_opacus_optimizer_draws_our_noise_from_the_generator_given():

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 from opacus.grad_sample.utils import prepare_module
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers import DPOptimizer
 from opacus.utils.module_utils import trainable_modules
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -56,7 +56,7 @@ from dpmed.privacy.dpsgd_accounting import (
     calibrate_noise,
     composed_epsilon,
 )
-from dpmed.privacy.dpsgd_noise import noise_generator
+from dpmed.privacy.dpsgd_noise import NoisedClippedSum, noise_generator
 from dpmed.privacy.guarantee import PrivacyGuarantee
 
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
@@ -171,7 +171,7 @@ class DPSGD:
                 **settings,
             )
         elif self.ghost:
-            dp_optimizer = DPOptimizerFastGradientClipping(optimizer, **settings)
+            dp_optimizer = NoisedClippedSum(optimizer, **settings)
         else:
             dp_optimizer = DPOptimizer(optimizer, **settings)
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))

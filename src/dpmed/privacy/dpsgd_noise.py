@@ -6,8 +6,9 @@ Gaussian, whose missing tail (2^-24 per pair, 0.3 per step for ResNet-18's 5.6M 
 the accounted delta does not cover. Here each pair's radius comes from a 53-bit uniform:
 it reaches sqrt(-2 ln 2^-53) = 8.57 std, and the mass beyond is 2^-53 per pair (below
 1e-9 per step for 10^7 parameters). On CPU the uniforms are drawn by numpy's PCG64,
-seeded with 256 secret bits (dpmed.privacy.secret) and faster than torch's MT19937; on
-CUDA by torch's generator on the device.
+seeded with 256 secret bits (dpmed.privacy.secret), at torch's own speed; on CUDA by
+torch's generator on the device. (Two threads drawing half each were no faster inside a
+training step: torch's own threads still hold the cores.)
 
 Opacus's optimizers (and dpmed's adaptive variants) draw every noise vector through
 `_generate_noise`; importing this module makes it `gaussian_noise`.
@@ -24,6 +25,7 @@ from opacus.optimizers import adaclipoptimizer, optimizer, optimizer_fast_gradie
 from dpmed.privacy import secret
 
 Generator = np.random.Generator | torch.Generator
+Array = np.ndarray | torch.Tensor
 
 
 def noise_generator(identity: dict, device: torch.device | str) -> Generator:
@@ -42,24 +44,51 @@ def gaussian_noise(
     if std == 0:
         return torch.zeros_like(reference)
     pairs = (reference.numel() + 1) // 2
-    u, turns = _uniforms(generator, pairs, reference.device)  # [0, 1): 53 and 24 bits
-    radius = torch.sub(1, u, out=u).float().log_().mul_(-2 * std**2).sqrt_()  # 1 - u > 0
-    angle = turns.mul_(2 * math.pi)
-    noise = torch.empty(2, pairs, device=reference.device)
-    torch.mul(radius, angle.cos(), out=noise[0])
-    torch.mul(radius, angle.sin_(), out=noise[1])
+    if isinstance(generator, np.random.Generator):
+        noise = torch.from_numpy(_numpy_pairs(generator, pairs, std)).to(reference.device)
+    else:
+        noise = _torch_pairs(generator, pairs, std, reference.device)
     return noise.view(-1)[: reference.numel()].view(reference.shape).to(reference.dtype)
 
 
-def _uniforms(
-    generator: Generator, n: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """n float64 and n float32 uniforms in [0, 1) on `device`."""
-    if isinstance(generator, np.random.Generator):
-        u = torch.from_numpy(generator.random(n)).to(device)
-        return u, torch.from_numpy(generator.random(n, dtype=np.float32)).to(device)
+def _box_muller(v: Array, turns: Array, std: float, out: Array) -> None:
+    """Pairs (out[0], out[1]) of N(0, std^2) from uniforms: v in (0, 1] (1 - a 53-bit
+    uniform, in float32) sets the radius sqrt(-2 ln v) std, `turns` in [0, 1) the angle."""
+    xp = torch if isinstance(v, torch.Tensor) else np
+    radius = xp.sqrt(xp.log(v) * (-2 * std**2))
+    angle = turns * (2 * math.pi)
+    xp.multiply(radius, xp.cos(angle), out=out[0])
+    xp.multiply(radius, xp.sin(angle), out=out[1])
+
+
+def _numpy_pairs(generator: np.random.Generator, pairs: int, std: float) -> np.ndarray:
+    u = generator.random(pairs)
+    v = np.subtract(1, u, out=u).astype(np.float32)
+    out = np.empty((2, pairs), dtype=np.float32)
+    _box_muller(v, generator.random(pairs, dtype=np.float32), std, out)
+    return out
+
+
+def _torch_pairs(generator: torch.Generator, pairs: int, std: float, device) -> torch.Tensor:
     draw = {"generator": generator, "device": device}
-    return torch.rand(n, dtype=torch.float64, **draw), torch.rand(n, **draw)
+    u = torch.rand(pairs, dtype=torch.float64, **draw)
+    v = torch.sub(1, u, out=u).float()
+    out = torch.empty(2, pairs, device=device)
+    _box_muller(v, torch.rand(pairs, **draw), std, out)
+    return out
+
+
+class NoisedClippedSum(optimizer_fast_gradient_clipping.DPOptimizerFastGradientClipping):
+    """Ghost clipping's and book-keeping's optimizer: p.grad holds the clipped sum, and
+    its noise is added in place (Opacus adds it into a new tensor, one more pass)."""
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            optimizer._check_processed_flag(p.summed_grad)
+            noise = gaussian_noise(std, p.summed_grad, self.generator)
+            p.grad = p.summed_grad.add_(noise).view_as(p)
+            optimizer._mark_as_processed(p.summed_grad)
 
 
 for _module in (optimizer, optimizer_fast_gradient_clipping, adaclipoptimizer):
