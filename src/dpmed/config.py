@@ -47,8 +47,8 @@ GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ew", "ghost", "bk")
 FASTEST_MODES_MEASURED_BY_DPSGD_SPEED = {
     "small-cnn": ("bk", "hooks"),
     "resnet18-gn": ("bk", "ew"),
-    "scatternet": ("ew", "ew"),
-    "scatternet-cnn": ("ew", "ew"),
+    "scatternet": ("bk", "ew"),
+    "scatternet-cnn": ("bk", "ew"),
 }
 CLIPPINGS = ("flat", "adaptive")  # DP-SGD's clip bound: fixed, or toward a quantile
 NOISE_ALLOCATIONS = ("equal", "entropy")  # DP-SGD's per-layer noise shares
