@@ -22,12 +22,12 @@ from opacus.utils.module_utils import trainable_modules
 from torch import nn
 
 from dpmed.errors import ConfigError
-from dpmed.privacy.ghost_norms import Norms, conv2d_norms_and_gradients
+from dpmed.privacy.ghost_norms import Norms, conv2d_norms_and_gradients, norms_of
 
 
 def _gradients_and_their_norms(layer, activations, backprops) -> tuple[Norms, Norms]:
     grads = compute_group_norm_grad_sample(layer, activations, backprops)
-    return {p: grad.reshape(len(grad), -1).norm(2, dim=1) for p, grad in grads.items()}, grads
+    return norms_of(grads), grads
 
 
 def _linear_norms(layer, activations, backprops) -> tuple[Norms, None]:

@@ -35,6 +35,11 @@ def conv2d_norm_sample(
     return conv2d_norms_and_gradients(layer, activations, backprops)[0]
 
 
+def norms_of(grads: Norms) -> Norms:
+    """Each example's norm of its per-example gradients (n, ...): shape (n,) each."""
+    return {p: grad.reshape(len(grad), -1).norm(2, dim=1) for p, grad in grads.items()}
+
+
 def conv2d_norms_and_gradients(
     layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> tuple[Norms, Norms | None]:
@@ -43,7 +48,7 @@ def conv2d_norms_and_gradients(
     inputs = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
     if layer.groups != 1 or positions * (inputs + out) >= 2 * inputs * out:
         grads = compute_conv_grad_sample(layer, activations, backprops)
-        return {p: grad.reshape(n, -1).norm(2, dim=1) for p, grad in grads.items()}, grads
+        return norms_of(grads), grads
     a = unfold2d(
         activations[0].to(backprops.dtype),
         kernel_size=layer.kernel_size,
