@@ -14,7 +14,7 @@ from opacus.optimizers import (
 )
 
 from dpmed.privacy import dpsgd_noise
-from dpmed.privacy.dpsgd_noise import gaussian_noise, noise_generator
+from dpmed.privacy.dpsgd_noise import add_gaussian_noise_, gaussian_noise, noise_generator
 
 GENERATORS = {
     "pcg64": lambda: np.random.Generator(np.random.PCG64(0)),
@@ -30,6 +30,19 @@ def test_noise_is_normal_with_the_std_asked_for_and_the_same_from_the_same_seed(
     assert scipy.stats.kstest(noise.flatten().numpy() / 2.5, "norm").pvalue > 1e-3
     assert torch.equal(gaussian_noise(2.5, reference, GENERATORS[name]()), noise)
     assert gaussian_noise(0.0, reference, GENERATORS[name]()).count_nonzero() == 0
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_noise_added_in_place_in_chunks_is_the_noise_drawn_on_its_own(name, monkeypatch):
+    monkeypatch.setattr(dpsgd_noise, "_CHUNK_PAIRS", 1000)  # 50 chunks, the last one short
+    target = torch.arange(99_999, dtype=torch.float32)
+    added = add_gaussian_noise_(target.clone(), 3.0, GENERATORS[name]())
+    noise = gaussian_noise(3.0, target, GENERATORS[name]())
+    assert torch.equal(added, target + noise)
+    assert scipy.stats.kstest(noise.numpy() / 3.0, "norm").pvalue > 1e-3
+    first, second = noise[:49_999], noise[50_000:]  # the two halves of each pair
+    assert abs(np.corrcoef(first[:49_999], second)[0, 1]) < 0.03  # 6.7 standard errors
+    assert torch.unique(noise).numel() > 99_000  # no chunk drawn twice
 
 
 def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_reaches_8_57():

@@ -6,9 +6,11 @@ Gaussian, whose missing tail (2^-24 per pair, 0.3 per step for ResNet-18's 5.6M 
 the accounted delta does not cover. Here each pair's radius comes from a 53-bit uniform:
 it reaches sqrt(-2 ln 2^-53) = 8.57 std, and the mass beyond is 2^-53 per pair (below
 1e-9 per step for 10^7 parameters). On CPU the uniforms are drawn by numpy's PCG64,
-seeded with 256 secret bits (dpmed.privacy.secret), at torch's own speed; on CUDA by
-torch's generator on the device. (Two threads drawing half each were no faster inside a
-training step: torch's own threads still hold the cores.)
+seeded with 256 secret bits (dpmed.privacy.secret), and the noise is added into the
+clipped sum a chunk at a time, in cache: 4 ns a value, faster than torch's own sampler
+(5 ns, which forms the noise tensor); on CUDA by torch's generator on the device. (Two
+threads drawing half each were no faster inside a training step: torch's own threads
+still hold the cores.)
 
 Opacus's optimizers (and dpmed's adaptive variants) draw every noise vector through
 `_generate_noise`; importing this module makes it `gaussian_noise`.
@@ -41,14 +43,24 @@ def gaussian_noise(
     """N(0, std^2) noise of `reference`'s shape, dtype and device (Opacus's signature)."""
     if secure_mode:
         raise ValueError("dpmed draws its own noise; Opacus's secure_mode is not used")
-    if std == 0:
-        return torch.zeros_like(reference)
-    pairs = (reference.numel() + 1) // 2
+    return add_gaussian_noise_(torch.zeros_like(reference), std, generator)
+
+
+def add_gaussian_noise_(target: torch.Tensor, std: float, generator: Generator) -> torch.Tensor:
+    """target += N(0, std^2) noise, in place; returns target (contiguous).
+
+    The noise is a vector of pairs: value j and value j + pairs of the flattened target
+    (pairs = half the count, rounded up) are one Box-Muller pair. On CPU the pairs are
+    drawn and added a chunk at a time, in cache: no tensor of noise is ever formed."""
+    flat = target.detach().view(-1)
+    if std == 0 or not len(flat):
+        return target
+    pairs = (len(flat) + 1) // 2
     if isinstance(generator, np.random.Generator):
-        noise = torch.from_numpy(_numpy_pairs(generator, pairs, std)).to(reference.device)
+        _add_numpy_pairs(generator, pairs, std, flat.numpy())
     else:
-        noise = _torch_pairs(generator, pairs, std, reference.device)
-    return noise.view(-1)[: reference.numel()].view(reference.shape).to(reference.dtype)
+        flat.add_(_torch_pairs(generator, pairs, std, flat.device).view(-1)[: len(flat)])
+    return target
 
 
 def _box_muller(v: Array, turns: Array, std: float, out: Array) -> None:
@@ -61,12 +73,22 @@ def _box_muller(v: Array, turns: Array, std: float, out: Array) -> None:
     xp.multiply(radius, xp.sin(angle), out=out[1])
 
 
-def _numpy_pairs(generator: np.random.Generator, pairs: int, std: float) -> np.ndarray:
-    u = generator.random(pairs)
-    v = np.subtract(1, u, out=u).astype(np.float32)
-    out = np.empty((2, pairs), dtype=np.float32)
-    _box_muller(v, generator.random(pairs, dtype=np.float32), std, out)
-    return out
+_CHUNK_PAIRS = 1 << 16  # pairs drawn at a time on CPU: the 1.5 MiB of buffers stay in L2
+
+
+def _add_numpy_pairs(generator: np.random.Generator, pairs: int, std: float, flat) -> None:
+    u = np.empty(_CHUNK_PAIRS)
+    v, turns = np.empty((2, _CHUNK_PAIRS), dtype=np.float32)
+    out = np.empty((2, _CHUNK_PAIRS), dtype=np.float32)
+    for start in range(0, pairs, _CHUNK_PAIRS):
+        k = min(_CHUNK_PAIRS, pairs - start)
+        generator.random(out=u[:k])
+        np.subtract(1, u[:k], out=v[:k], casting="same_kind")  # exact, then float32
+        generator.random(out=turns[:k], dtype=np.float32)
+        _box_muller(v[:k], turns[:k], std, out[:, :k])
+        flat[start : start + k] += out[0, :k]
+        second = flat[pairs + start : pairs + start + k]  # one short at an odd count's end
+        second += out[1, : len(second)]
 
 
 def _torch_pairs(generator: torch.Generator, pairs: int, std: float, device) -> torch.Tensor:
@@ -80,14 +102,13 @@ def _torch_pairs(generator: torch.Generator, pairs: int, std: float, device) -> 
 
 class NoisedClippedSum(optimizer_fast_gradient_clipping.DPOptimizerFastGradientClipping):
     """Ghost clipping's and book-keeping's optimizer: p.grad holds the clipped sum, and
-    its noise is added in place (Opacus adds it into a new tensor, one more pass)."""
+    its noise is added in place (Opacus adds a tensor of noise into a new tensor)."""
 
     def add_noise(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.params:
             optimizer._check_processed_flag(p.summed_grad)
-            noise = gaussian_noise(std, p.summed_grad, self.generator)
-            p.grad = p.summed_grad.add_(noise).view_as(p)
+            p.grad = add_gaussian_noise_(p.summed_grad, std, self.generator).view_as(p)
             optimizer._mark_as_processed(p.summed_grad)
 
 
