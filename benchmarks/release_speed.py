@@ -3,7 +3,8 @@
 For each mechanism (Laplace, snapped Laplace, Gaussian, DP-Pix 4x4) at the noise scale
 that gives epsilon = 1 per pixel (delta = 1e-5 for Gaussian):
 
-- dpmed: noisy pixels/s of `mechanism.release` on uint8 images (draw + add + float16);
+- dpmed: noisy pixels/s of `mechanism.release` on uint8 images (draw + add + float16),
+  on torch's number of threads and on one;
 - numpy: values/s of numpy's own sampler (`Generator.laplace` / `.normal`) drawing one
   value per pixel, the floor any vectorised release pays;
 - diffprivlib: noisy pixels/s of its matching mechanism (`Laplace`, `Snapping`,
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import diffprivlib.mechanisms
 import numpy as np
+import torch
 from timing import best_of
 
 from dpmed.privacy import DPPix, Gaussian, Laplace
@@ -56,6 +58,10 @@ def release_speed(mechanism: InputMechanism, images: np.ndarray, sample: np.ndar
     scale = mechanism.noise_scale(1.0, changed_pixels=1, delta=DELTA)
     pixels = images.size
     ours = best_of(5, lambda: mechanism.release(images, scale, np.random.default_rng(1)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    one_thread = best_of(5, lambda: mechanism.release(images, scale, np.random.default_rng(1)))
+    torch.set_num_threads(threads)
     draw = (
         np.random.Generator.normal
         if isinstance(mechanism, Gaussian)
@@ -66,10 +72,12 @@ def release_speed(mechanism: InputMechanism, images: np.ndarray, sample: np.ndar
     return {
         "noise_scale": scale,
         "dpmed_noisy_pixels_per_second": pixels / ours,
+        "dpmed_one_thread_noisy_pixels_per_second": pixels / one_thread,
         "numpy_sampler_values_per_second": pixels / numpy_only,
         "diffprivlib_noisy_pixels_per_second": dpl,
         "ratio_dpmed_over_numpy": numpy_only / ours,
         "ratio_dpmed_over_diffprivlib": pixels / ours / dpl,
+        "ratio_dpmed_one_thread_over_diffprivlib": pixels / one_thread / dpl,
     }
 
 
@@ -83,6 +91,7 @@ def main() -> None:
     mechanisms = (Laplace(), Laplace(snapping=True), Gaussian(), DPPix(cell_size=4))
     results = {
         "machine": {"platform": platform.platform(), "numpy": np.__version__},
+        "threads": torch.get_num_threads(),
         "pixels": images.size,
         "diffprivlib_pixels": sample.size,
         "epsilon_per_pixel": 1.0,

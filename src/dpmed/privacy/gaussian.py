@@ -107,4 +107,4 @@ class Gaussian(InputMechanism):
         self, images: np.ndarray, noise_scale: float, rng: np.random.Generator
     ) -> np.ndarray:
         """uint8 images -> images / 255 + N(0, sigma^2) noise, as float16."""
-        return add_noise(images, lambda shape: rng.normal(0.0, noise_scale, size=shape))
+        return add_noise(images, rng, lambda g, shape: g.normal(0.0, noise_scale, size=shape))

@@ -26,9 +26,9 @@ from dpmed.privacy.mechanism import (
     ASSUMPTIONS,
     InputMechanism,
     add_noise,
-    as_release,
     laplace_noise,
     register,
+    release_pixels,
 )
 
 ETA = 2.0**-53  # half the spacing of doubles in [1, 2): the relative rounding error
@@ -97,8 +97,8 @@ class Laplace(InputMechanism):
     ) -> np.ndarray:
         """uint8 images -> images / 255 + Laplace(0, b) noise, as float16 (rounding is free)."""
         if self.snapping:
-            return as_release(snap(images * (1 / 255), noise_scale, rng))
-        return add_noise(images, lambda shape: laplace_noise(rng, noise_scale, shape))
+            return release_pixels(images, rng, lambda pixels, g: snap(pixels, noise_scale, g))
+        return add_noise(images, rng, lambda g, shape: laplace_noise(g, noise_scale, shape))
 
 
 def _check_snapping_range(noise_scale: float) -> None:

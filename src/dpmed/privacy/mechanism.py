@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -46,6 +47,7 @@ ASSUMPTIONS = (
 
 MECHANISMS: dict[str, type[InputMechanism]] = {}
 _CHUNK = 1 << 16  # pixels released at a time (whole images): the buffers stay in cache
+_BLOCK = 1 << 20  # pixels of one thread's block (whole images), drawn from its own stream
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65,504
 _M = TypeVar("_M", bound="type[InputMechanism]")
 
@@ -153,21 +155,51 @@ def as_release(values: np.ndarray) -> np.ndarray:
     return torch.from_numpy(values).to(torch.float16).numpy()
 
 
-def add_noise(images: np.ndarray, draw: Callable[[tuple[int, ...]], np.ndarray]) -> np.ndarray:
-    """uint8 images (N, H, W) -> images / 255 + `draw(shape)` noise (float64), as a float16
-    release (`as_release`).
+def add_noise(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    draw: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray],
+) -> np.ndarray:
+    """uint8 images (N, H, W) -> images / 255 + `draw(generator, shape)` noise (float64),
+    as a float16 release (`release_pixels`)."""
 
-    Computed a few images at a time (about `_CHUNK` pixels): the release never sits in
-    memory in float64, and each pass over a chunk runs in cache.
+    def noisy(pixels: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        values = draw(generator, pixels.shape)
+        values += pixels
+        return values
+
+    return release_pixels(images, rng, noisy)
+
+
+def release_pixels(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    noisy: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+) -> np.ndarray:
+    """uint8 images (N, H, W) -> `noisy(pixels, generator)` of pixels = images / 255
+    (float64), clamped to float16's range and stored as float16 (see `as_release`).
+
+    Drawn in blocks of whole images (about `_BLOCK` pixels), block i from rng's i-th child
+    (`Generator.spawn`: independent streams from the same secret), on torch's number of
+    threads; the release depends on rng only, not on the thread count. Within a block,
+    a few images at a time (about `_CHUNK` pixels): the release never sits in memory in
+    float64, and each pass over a chunk runs in cache.
     """
-    noisy = np.empty(images.shape, dtype=np.float16)
+    noisy_images = np.empty(images.shape, dtype=np.float16)
+    stored = torch.from_numpy(noisy_images)  # the same memory
     step = max(1, _CHUNK // max(1, images[0].size)) if len(images) else 1
-    for start in range(0, len(images), step):
-        chunk = images[start : start + step]
-        values = draw(chunk.shape)
-        values += np.multiply(chunk, 1 / 255)
-        noisy[start : start + step] = as_release(values)
-    return noisy
+    block = step * (_BLOCK // _CHUNK)
+
+    def release_block(first: int, generator: np.random.Generator) -> None:
+        for start in range(first, min(first + block, len(images)), step):
+            values = noisy(np.multiply(images[start : start + step], 1 / 255), generator)
+            np.clip(values, -FLOAT16_MAX, FLOAT16_MAX, out=values)
+            stored[start : start + step].copy_(torch.from_numpy(values))
+
+    firsts = range(0, len(images), block)
+    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+        list(pool.map(release_block, firsts, rng.spawn(len(firsts))))
+    return noisy_images
 
 
 def laplace_noise(rng: np.random.Generator, scale: np.ndarray | float, shape: tuple[int, ...]):

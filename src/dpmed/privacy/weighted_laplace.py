@@ -165,4 +165,4 @@ class WeightedLaplace(InputMechanism):
                 f"images of shape {images.shape[1:]} for a {self.image_size}px weight map"
             )
         scales = self.scales(noise_scale)
-        return add_noise(images, lambda shape: laplace_noise(rng, scales, shape))
+        return add_noise(images, rng, lambda g, shape: laplace_noise(g, scales, shape))
