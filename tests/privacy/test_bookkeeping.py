@@ -9,6 +9,12 @@ LAYERS = {
     "conv": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (5, 3, 9, 9)),
     "conv-grouped": (lambda: nn.Conv2d(4, 6, 3, groups=2, dilation=2), (5, 4, 9, 9)),
     "conv-deep": (lambda: nn.Conv2d(16, 32, 3), (5, 16, 4, 4)),  # Gram-matrix norms
+    "conv-one-position": (  # a GEMM of the unfolded input, strided and not
+        lambda: nn.Sequential(
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Conv2d(16, 4, 3, padding=1)
+        ),
+        (5, 8, 2, 2),
+    ),
     "linear": (lambda: nn.Linear(7, 3), (5, 7)),
     "linear-sequence": (lambda: nn.Linear(7, 3), (5, 4, 7)),
     "groupnorm": (lambda: nn.GroupNorm(2, 4), (5, 4, 6, 6)),

@@ -7,7 +7,7 @@ one backward pass that computes no weight gradient. Each layer's per-example nor
 from X and G (dpmed.privacy.ghost_norms for Conv2d, ||G_i|| ||X_i|| for Linear); with c_i
 each example's clip factor, the clipped sum of the weight gradients is the layer's ordinary
 weight gradient with G_i scaled by c_i: one GEMM-shaped call per layer (for Conv2d the
-backend's weight-gradient kernel), where ghost clipping backpropagates sum_i c_i loss_i
+backend's weight-gradient kernel; at one output position a GEMM), where ghost clipping backpropagates sum_i c_i loss_i
 through the whole model again. Supported layers: Conv2d, Linear, GroupNorm (those of
 dpmed's models). Where the norms already formed per-example gradients (GroupNorm, and the
 early Conv2d layers), the clipped sum weights those instead.
@@ -15,10 +15,13 @@ early Conv2d layers), the clipped sum weights those instead.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from opacus.grad_sample.group_norm import compute_group_norm_grad_sample
 from opacus.grad_sample.linear import compute_linear_norm_sample
 from opacus.utils.module_utils import trainable_modules
+from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 
 from dpmed.errors import ConfigError
@@ -111,7 +114,20 @@ def clipped_sums(
         }
     gc = g * factors.to(g.dtype).view(-1, *[1] * (g.dim() - 1))
     x = x.to(g.dtype)
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, nn.Conv2d) and layer.groups == 1 and math.prod(g.shape[2:]) == 1:
+        # One output position: a GEMM of the unfolded input (the backend's weight-gradient
+        # kernel took 8.5 ms against 1.7 for ResNet-18's last 512-channel convs at 28 px).
+        a = unfold2d(
+            x,
+            kernel_size=layer.kernel_size,
+            padding=layer.padding,
+            stride=layer.stride,
+            dilation=layer.dilation,
+        )
+        gc = gc.reshape(len(gc), -1)
+        weight = (gc.T @ a.reshape(len(a), -1)).view(layer.weight.shape)
+        sums = {layer.weight: weight, layer.bias: gc.sum(dim=0)}
+    elif isinstance(layer, nn.Conv2d):
         weight = torch.nn.grad.conv2d_weight(
             x, layer.weight.shape, gc, layer.stride, layer.padding, layer.dilation, layer.groups
         )
