@@ -8,9 +8,9 @@ from X and G (dpmed.privacy.ghost_norms for Conv2d, ||G_i|| ||X_i|| for Linear);
 each example's clip factor, the clipped sum of the weight gradients is the layer's ordinary
 weight gradient with G_i scaled by c_i: one GEMM-shaped call per layer (for Conv2d the
 backend's weight-gradient kernel; at one output position a GEMM), where ghost clipping
-backpropagates sum_i c_i loss_i through the whole model again. Supported layers: Conv2d, Linear, GroupNorm (those of
-dpmed's models). Where the norms already formed per-example gradients (GroupNorm, and the
-early Conv2d layers), the clipped sum weights those instead.
+backpropagates sum_i c_i loss_i through the whole model again. Supported layers: Conv2d,
+Linear, GroupNorm (those of dpmed's models). Where the norms already formed per-example
+gradients (GroupNorm, and the early Conv2d layers), the clipped sum weights those instead.
 """
 
 from __future__ import annotations

@@ -122,12 +122,13 @@ def fit(
                 if not chunks:  # an empty Poisson batch still takes its noisy step
                     dp.empty_batch()
                 for i, chunk in enumerate(chunks):
-                    x = _to_input(images[chunk.numpy()], device).repeat_interleave(copies, 0)
+                    x, y = _to_input(images[chunk.numpy()], device), targets[chunk].to(device)
+                    if copies > 1:
+                        x, y = x.repeat_interleave(copies, 0), y.repeat_interleave(copies)
                     if settings.augment:
                         x = random_affine(x, generator)
                     with _autocast(device, exact=bool(dp and dp.ghost)):
                         logits = trained(x)
-                    y = targets[chunk].repeat_interleave(copies).to(device)
                     losses = _losses(logits.float(), y, class_weights)
                     if dp:
                         dp.backward(losses)
