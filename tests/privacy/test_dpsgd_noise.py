@@ -45,10 +45,10 @@ def test_noise_added_in_place_in_chunks_is_the_noise_drawn_on_its_own(name, monk
     assert torch.unique(noise).numel() > 99_000  # no chunk drawn twice
 
 
-def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_reaches_8_57():
+def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_has_uniforms_finer_than_its():
     """torch's Box-Muller on 24-bit uniforms: no pair (values j and j + 8 of each 16) has
     radius above sqrt(-2 ln 2^-24), a tail the accountant assumes. Ours takes the radius
-    from 1 - u with u a 53-bit uniform: at the largest u, 1 - 2^-53, it is sqrt(-2 ln 2^-53)."""
+    from 1 - u with u a 53-bit uniform."""
     draws = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0)).double()
     radius = draws.view(-1, 2, 8).square().sum(dim=1).sqrt()
     assert radius.max().item() <= math.sqrt(-2 * math.log(2**-24)) + 1e-6  # 5.77
@@ -57,9 +57,43 @@ def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_reaches_8_57():
         torch.rand(100_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
     ):
         assert ((u * 2**24) % 1 != 0).sum() > 99_000  # finer than torch's 24-bit grid
-    out = np.empty((2, 1), dtype=np.float32)
-    dpsgd_noise._box_muller(np.float32([2**-53]), np.float32([0.0]), 2.0, out)
-    assert out[0, 0] == pytest.approx(2.0 * math.sqrt(-2 * math.log(2**-53)), rel=1e-6)  # 8.57
+
+
+def _scripted(values, xp):
+    """A uniform(count) that hands out `values` in turn, as xp float64 arrays."""
+    queue = list(values)
+    return lambda count: xp.asarray([queue.pop(0) for _ in range(count)], dtype=xp.float64)
+
+
+@pytest.mark.parametrize("xp", [np, torch], ids=["numpy", "torch"])
+def test_the_radius_has_no_cut_off_at_the_smallest_53_bit_uniform(xp):
+    """v = 2^-53, the smallest 1 - u, stands for all of (0, 2^-53]: it is redrawn within it
+    (here the first to the smallest again, 2^-106, then to 2^-107; the last to 0.75 2^-53),
+    so the radius passes 8.57 std; other values keep theirs; redraws that always hit the
+    smallest stop at 2^-1007."""
+    largest = 1 - 2.0**-53
+    v = xp.asarray([2.0**-53, 2.0**-52, 0.5, 2.0**-53], dtype=xp.float64)
+    out = xp.empty(4, dtype=xp.float32)
+    dpsgd_noise._radii(v, 2.0, _scripted([largest, 0.25, 0.5], xp), out)
+    final = (2.0**-107, 2.0**-52, 0.5, 0.75 * 2.0**-53)
+    expected = [2 * math.sqrt(-2 * math.log(x)) for x in final]  # std 2: 24.4 = 2 x 12.2
+    assert np.allclose(np.asarray(out, dtype=np.float64), expected, rtol=1e-6)
+    v = xp.asarray([2.0**-53], dtype=xp.float64)
+    dpsgd_noise._radii(v, 1.0, lambda count: xp.full((count,), largest, dtype=xp.float64), out[:1])
+    assert float(v[0]) == 2.0**-1007 and float(out[0]) == pytest.approx(37.4, abs=0.05)
+
+
+def test_a_cut_off_radius_would_cost_delta_the_accountant_does_not_count():
+    """Why the tail matters: with noise cut off at radius R std, a neighbour's sum moved by
+    2C = 2 std / z along one pair (z = 0.5) puts outputs within R of one centre and beyond
+    R of the other; their probability, a delta no accountant counts, is ~exp(-(R - 4)^2/2)."""
+    rng = np.random.default_rng(0)
+    pairs = rng.standard_normal((4_000_000, 2))
+    shifted = pairs + [4.0, 0.0]  # the neighbour's centre, 2 / z = 4 std away
+    for cut, at_least in ((5.77, 1e-3), (8.57, 1e-6)):
+        inside = np.hypot(*pairs.T) <= cut  # drawn under D, possible under a cut-off
+        beyond = np.hypot(*shifted.T) > cut  # impossible for D' under the same cut-off
+        assert (inside & beyond).mean() >= at_least
 
 
 def test_every_opacus_optimizer_draws_our_noise_from_the_generator_given():
