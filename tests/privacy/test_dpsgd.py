@@ -259,7 +259,8 @@ def test_one_huge_gradient_moves_the_model_by_at_most_lr_clip_over_batch(mode):
 
 @pytest.mark.parametrize("mode", ["ghost", "bk"])
 def test_ghost_and_bookkeeping_step_resnet18_gn_as_per_image_gradients(mode):
-    """Strided, 1x1 and deep convolutions (Gram-matrix norms) and GroupNorm."""
+    """Strided, 1x1 and deep convolutions (Gram-matrix norms), convolutions at one output
+    position (layers 3 and 4 at 16 px: a GEMM for bk) and GroupNorm."""
     x, targets = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 1, 0])
     models = {}
     for name in ("hooks", mode):
