@@ -1,4 +1,4 @@
-"""DP-SGD's noise: standard normal to its 8.57-std tail, drawn from the secret generator."""
+"""The Gaussian sampler (no cut-off tail) and DP-SGD drawing its noise from it, secretly."""
 
 import math
 
@@ -13,8 +13,9 @@ from opacus.optimizers import (
     optimizer_fast_gradient_clipping,
 )
 
-from dpmed.privacy import dpsgd_noise
-from dpmed.privacy.dpsgd_noise import add_gaussian_noise_, gaussian_noise, noise_generator
+from dpmed.privacy import gaussian_sampler
+from dpmed.privacy.dpsgd_noise import gaussian_noise, noise_generator
+from dpmed.privacy.gaussian_sampler import add_gaussian_noise_
 
 GENERATORS = {
     "pcg64": lambda: np.random.Generator(np.random.PCG64(0)),
@@ -34,7 +35,7 @@ def test_noise_is_normal_with_the_std_asked_for_and_the_same_from_the_same_seed(
 
 @pytest.mark.parametrize("name", GENERATORS)
 def test_noise_added_in_place_in_chunks_is_the_noise_drawn_on_its_own(name, monkeypatch):
-    monkeypatch.setattr(dpsgd_noise, "_CHUNK_PAIRS", 1000)  # 50 chunks, the last one short
+    monkeypatch.setattr(gaussian_sampler, "_CHUNK_PAIRS", 1000)  # 50 chunks, the last one short
     target = torch.arange(99_999, dtype=torch.float32)
     added = add_gaussian_noise_(target.clone(), 3.0, GENERATORS[name]())
     noise = gaussian_noise(3.0, target, GENERATORS[name]())
@@ -74,12 +75,14 @@ def test_the_radius_has_no_cut_off_at_the_smallest_53_bit_uniform(xp):
     largest = 1 - 2.0**-53
     v = xp.asarray([2.0**-53, 2.0**-52, 0.5, 2.0**-53], dtype=xp.float64)
     out = xp.empty(4, dtype=xp.float32)
-    dpsgd_noise._radii(v, 2.0, _scripted([largest, 0.25, 0.5], xp), out)
+    gaussian_sampler._radii(v, 2.0, _scripted([largest, 0.25, 0.5], xp), out)
     final = (2.0**-107, 2.0**-52, 0.5, 0.75 * 2.0**-53)
     expected = [2 * math.sqrt(-2 * math.log(x)) for x in final]  # std 2: 24.4 = 2 x 12.2
     assert np.allclose(np.asarray(out, dtype=np.float64), expected, rtol=1e-6)
     v = xp.asarray([2.0**-53], dtype=xp.float64)
-    dpsgd_noise._radii(v, 1.0, lambda count: xp.full((count,), largest, dtype=xp.float64), out[:1])
+    gaussian_sampler._radii(
+        v, 1.0, lambda count: xp.full((count,), largest, dtype=xp.float64), out[:1]
+    )
     assert float(v[0]) == 2.0**-1007 and float(out[0]) == pytest.approx(37.4, abs=0.05)
 
 

@@ -1,40 +1,20 @@
-"""DP-SGD's Gaussian noise, with the tails the accountant assumes.
+"""DP-SGD's Gaussian noise: drawn by dpmed.privacy.gaussian_sampler (no cut-off tail, from
+the secret generator), never by torch's CPU sampler, which stops at 5.77 std.
 
-A Gaussian cut off at radius R std is not the mechanism the accountant analyses: a
-neighbour's clipped sum moved by 2C = 2 std / z (replace-one, z the noise multiplier)
-along one pair of coordinates gives outputs that are within R of one centre and beyond R
-of the other, impossible under one data set and not under its neighbour, of probability
-about exp(-(R - 2 / z)^2 / 2) a step in which the image is sampled: a delta nobody counts.
-
-torch's CPU sampler (Box-Muller on 24-bit uniforms, for tensors of 16 values or more)
-cuts off at sqrt(-2 ln 2^-24) = 5.77 std: 5% a sampled step at z = 0.5. Box-Muller on a
-53-bit uniform u would cut off at sqrt(-2 ln 2^-53) = 8.57 std: 5e-6 a sampled step at
-z = 0.5. Here each pair's radius is sqrt(-2 ln v) std with v = 1 - u, and where v is its
-smallest value 2^-53 (which stands for all of (0, 2^-53]) it is redrawn within that
-interval, again and again: the radius reaches 36 std, beyond which nothing is missing.
-On CPU the uniforms are drawn by numpy's PCG64, seeded with 256 secret bits
-(dpmed.privacy.secret), and the noise is added into the clipped sum a chunk at a time, in
-cache: 4 ns a value, faster than torch's own sampler (5 ns, which forms the noise
-tensor); on CUDA by torch's generator on the device. (Two threads drawing half each were
-no faster inside a training step: torch's own threads still hold the cores.)
-
-Opacus's optimizers (and dpmed's adaptive variants) draw every noise vector through
-`_generate_noise`; importing this module makes it `gaussian_noise`.
+On CPU the uniforms come from numpy's PCG64, seeded with 256 secret bits
+(dpmed.privacy.secret); on CUDA from torch's generator on the device. (Two threads drawing
+half each were no faster inside a training step: torch's own threads still hold the
+cores.) Opacus's optimizers (and dpmed's adaptive variants) draw every noise vector
+through `_generate_noise`; importing this module makes it `gaussian_noise`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
-import numpy as np
 import torch
 from opacus.optimizers import adaclipoptimizer, optimizer, optimizer_fast_gradient_clipping
 
 from dpmed.privacy import secret
-
-Generator = np.random.Generator | torch.Generator
-Array = np.ndarray | torch.Tensor
+from dpmed.privacy.gaussian_sampler import Generator, add_gaussian_noise_
 
 
 def noise_generator(identity: dict, device: torch.device | str) -> Generator:
@@ -51,97 +31,6 @@ def gaussian_noise(
     if secure_mode:
         raise ValueError("dpmed draws its own noise; Opacus's secure_mode is not used")
     return add_gaussian_noise_(torch.zeros_like(reference), std, generator)
-
-
-def add_gaussian_noise_(target: torch.Tensor, std: float, generator: Generator) -> torch.Tensor:
-    """target += N(0, std^2) noise, in place; returns target (contiguous).
-
-    The noise is a vector of pairs: value j and value j + pairs of the flattened target
-    (pairs = half the count, rounded up) are one Box-Muller pair. On CPU the pairs are
-    drawn and added a chunk at a time, in cache: no tensor of noise is ever formed."""
-    flat = target.detach().view(-1)
-    if std == 0 or not len(flat):
-        return target
-    pairs = (len(flat) + 1) // 2
-    if isinstance(generator, np.random.Generator):
-        _add_numpy_pairs(generator, pairs, std, flat.numpy())
-    else:
-        flat.add_(_torch_pairs(generator, pairs, std, flat.device).view(-1)[: len(flat)])
-    return target
-
-
-ATOM = 2.0**-53  # the smallest v = 1 - u of a 53-bit uniform u: it stands for all of (0, 2^-53]
-_DEEPEST = 2.0**-1000  # redraws stop here: v stays a normal float64 (radius up to 36.4 std)
-
-
-def _radii(v: Array, std: float, uniform: Callable[[int], Array], out: Array) -> None:
-    """out = sqrt(-2 ln v) std (float32), each pair's radius, from v = 1 - u in (0, 1]
-    (float64, u a 53-bit uniform; changed in place where `_redraw_tail` redraws it)."""
-    tail = _redraw_tail(v, uniform)
-    out[:] = v
-    xp = torch if isinstance(v, torch.Tensor) else np
-    with np.errstate(divide="ignore"):  # a redrawn v below float32's range: set below
-        xp.sqrt(xp.multiply(xp.log(out, out=out), -2 * std**2, out=out), out=out)
-    if tail is not None:
-        deep = xp.sqrt(xp.log(v[tail]) * (-2 * std**2))
-        out[tail] = deep.float() if xp is torch else deep
-
-
-def _redraw_tail(v: Array, uniform: Callable[[int], Array]) -> Array | None:
-    """Where v is its smallest value 2^-53, which stands for the whole interval
-    (0, 2^-53], v is redrawn within it, and again wherever the redraw is the new smallest
-    value (each time with probability 2^-53): the radius has no cut-off at sqrt(-2 ln
-    2^-53) = 8.57 std. A cut-off R costs delta: a neighbour's sum moved by 2C = 2 std / z
-    (z the noise multiplier) along one pair makes outputs within R of one centre and
-    beyond R of the other, of probability about exp(-(R - 2 / z)^2 / 2) a step: 3e-5 at
-    R = 8.57 and z = 0.5. The indices redrawn, or None (almost always)."""
-    if v.min() > ATOM:
-        return None
-    xp = torch if isinstance(v, torch.Tensor) else np
-    tail = xp.where(v == ATOM)[0]
-    atom, left = ATOM, tail
-    while len(left) and atom > _DEEPEST:
-        v[left] = (1 - uniform(len(left))) * atom  # exact: a power of two times 1 - u
-        atom *= ATOM
-        left = left[v[left] == atom]
-    return tail
-
-
-def _box_muller(radius: Array, turns: Array, out: Array) -> None:
-    """Pairs (out[0], out[1]) = radius (cos, sin) of the angle `turns` (in [0, 1)) x 2 pi."""
-    xp = torch if isinstance(radius, torch.Tensor) else np
-    angle = turns * (2 * math.pi)
-    xp.multiply(radius, xp.cos(angle), out=out[0])
-    xp.multiply(radius, xp.sin(angle), out=out[1])
-
-
-_CHUNK_PAIRS = 1 << 16  # pairs drawn at a time on CPU: the 1.5 MiB of buffers stay in L2
-
-
-def _add_numpy_pairs(generator: np.random.Generator, pairs: int, std: float, flat) -> None:
-    u = np.empty(_CHUNK_PAIRS)
-    radius, turns = np.empty((2, _CHUNK_PAIRS), dtype=np.float32)
-    out = np.empty((2, _CHUNK_PAIRS), dtype=np.float32)
-    for start in range(0, pairs, _CHUNK_PAIRS):
-        k = min(_CHUNK_PAIRS, pairs - start)
-        generator.random(out=u[:k])
-        _radii(np.subtract(1, u[:k], out=u[:k]), std, generator.random, radius[:k])
-        generator.random(out=turns[:k], dtype=np.float32)
-        _box_muller(radius[:k], turns[:k], out[:, :k])
-        flat[start : start + k] += out[0, :k]
-        second = flat[pairs + start : pairs + start + k]  # one short at an odd count's end
-        second += out[1, : len(second)]
-
-
-def _torch_pairs(generator: torch.Generator, pairs: int, std: float, device) -> torch.Tensor:
-    draw = {"generator": generator, "device": device}
-    u = torch.rand(pairs, dtype=torch.float64, **draw)
-    radius = torch.empty(pairs, device=device)
-    uniform = lambda count: torch.rand(count, dtype=torch.float64, **draw)  # noqa: E731
-    _radii(torch.sub(1, u, out=u), std, uniform, radius)
-    out = torch.empty(2, pairs, device=device)
-    _box_muller(radius, torch.rand(pairs, **draw), out)
-    return out
 
 
 class NoisedClippedSum(optimizer_fast_gradient_clipping.DPOptimizerFastGradientClipping):
