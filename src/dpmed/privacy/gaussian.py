@@ -109,7 +109,8 @@ class Gaussian(InputMechanism):
         self, images: np.ndarray, noise_scale: float, rng: np.random.Generator
     ) -> np.ndarray:
         """uint8 images -> images / 255 + N(0, sigma^2) noise, as float16. The noise has its
-        whole tail (dpmed.privacy.gaussian_sampler; numpy's `normal` stops near 13.7 std)."""
+        whole tail (dpmed.privacy.gaussian_sampler; by its source numpy's `normal` stops near
+        13.7 std)."""
 
         def noisy(pixels: np.ndarray, generator: np.random.Generator) -> np.ndarray:
             return add_gaussian_noise_(torch.from_numpy(pixels), noise_scale, generator).numpy()
