@@ -68,10 +68,8 @@ def _redraw_tail(v: Array, uniform: Callable[[int], Array]) -> Array | None:
     """Where v is its smallest value 2^-53, which stands for the whole interval
     (0, 2^-53], v is redrawn within it, and again wherever the redraw is the new smallest
     value (each time with probability 2^-53): the radius has no cut-off at sqrt(-2 ln
-    2^-53) = 8.57 std. A cut-off R costs delta: a neighbour's sum moved by 2C = 2 std / z
-    (z the noise multiplier) along one pair makes outputs within R of one centre and
-    beyond R of the other, of probability about exp(-(R - 2 / z)^2 / 2) a step: 3e-5 at
-    R = 8.57 and z = 0.5. The indices redrawn, or None (almost always)."""
+    2^-53) = 8.57 std (what a cut-off costs: the module's docstring). The indices
+    redrawn, or None (almost always)."""
     if v.min() > ATOM:
         return None
     xp = torch if isinstance(v, torch.Tensor) else np
