@@ -9,6 +9,8 @@ then read again for the norm). Deep layers (few positions, many channels) take t
 matrices; early layers, where T (D + O) >= 2 D O, form the gradient (Opacus's conv grad
 sampler) and take its norm. (At a tie in work, T = 16, D = 729, O = 16: ScatterNet's CNN
 head, the Grams took 1.1 ms and the gradients 2.0 ms for 64 images on 2 CPU cores.)
+At stride 1 the input's Gram comes from the padded input without unfolding it (where the
+unfolded copy cost more than the products: `_shifted_grams`).
 
 Opacus's ghost mode has norm samplers for Linear and Embedding only and forms every
 other layer's per-image gradients; importing this module registers the Conv2d one.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from opacus.grad_sample import register_norm_sampler
 from opacus.grad_sample.conv import compute_conv_grad_sample
 from opacus.utils.tensor_utils import unfold2d
@@ -44,23 +47,51 @@ def conv2d_norms_and_gradients(
     layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> tuple[Norms, Norms | None]:
     """The norms, and the per-image gradients where they were formed (else None)."""
-    n, out, positions = len(backprops), layer.out_channels, math.prod(backprops.shape[2:])
+    out, positions = layer.out_channels, math.prod(backprops.shape[2:])
     inputs = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
     if layer.groups != 1 or positions * (inputs + out) >= 2 * inputs * out:
         grads = compute_conv_grad_sample(layer, activations, backprops)
         return norms_of(grads), grads
+    x, g = activations[0].to(backprops.dtype), backprops
+    norms = {}
+    if layer.weight.requires_grad:
+        shifted = layer.stride == layer.dilation == (1, 1) and not isinstance(layer.padding, str)
+        gram = _shifted_grams if shifted and positions > 1 else _unfolded_grams
+        gram_a, gram_g = gram(layer, x, g)
+        norms[layer.weight] = (gram_a * gram_g).sum(dim=(1, 2)).clamp(min=0).sqrt()
+    if layer.bias is not None and layer.bias.requires_grad:
+        norms[layer.bias] = g.flatten(2).sum(dim=2).norm(2, dim=1)
+    return norms, None
+
+
+def _unfolded_grams(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
+    """A^T A and G^T G, (n, T, T) each, from the unfolded input A."""
     a = unfold2d(
-        activations[0].to(backprops.dtype),
+        x,
         kernel_size=layer.kernel_size,
         padding=layer.padding,
         stride=layer.stride,
         dilation=layer.dilation,
     )  # (n, D, T)
-    g = backprops.reshape(n, out, positions)  # (n, O, T)
-    norms = {}
-    if layer.weight.requires_grad:
-        gram_a, gram_g = torch.einsum("ndt,nds->nts", a, a), torch.einsum("not,nos->nts", g, g)
-        norms[layer.weight] = torch.einsum("nts,nts->n", gram_a, gram_g).clamp(min=0).sqrt()
-    if layer.bias is not None and layer.bias.requires_grad:
-        norms[layer.bias] = g.sum(dim=2).norm(2, dim=1)
-    return norms, None
+    g = g.flatten(2)  # (n, O, T)
+    return torch.einsum("ndt,nds->nts", a, a), torch.einsum("not,nos->nts", g, g)
+
+
+def _shifted_grams(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
+    """The same inner product from Gram matrices on the padded input's grid, stride 1: the
+    patches of positions t and s are the padded input at t + k and s + k over the kernel
+    offsets k, so (A^T A)[t, s] = sum_k X[t + k, s + k], X the padded input's one Gram
+    matrix over channels, and no unfolded copy is formed (64 channels at 7 px: 1.7 ms
+    against 3.9 ms; 128 at 3 px: 0.6 against 2.5). Positions are flattened on the padded
+    width; G is zero at those beyond the output's width."""
+    (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
+    n, width = len(x), x.shape[3] + 2 * pw
+    rows, cols = g.shape[2:]
+    grid = rows * width  # output positions on the padded width
+    xs = F.pad(F.pad(x, (pw, pw, ph, ph)).flatten(2), (0, kw - 1))  # room for the last shifts
+    gram_x = torch.bmm(xs.transpose(1, 2), xs)
+    gram_a = torch.zeros(n, grid, grid, dtype=x.dtype, device=x.device)
+    for shift in (i * width + j for i in range(kh) for j in range(kw)):
+        gram_a += gram_x[:, shift : shift + grid, shift : shift + grid]
+    gs = F.pad(g, (0, width - cols)).flatten(2)  # (n, O, grid)
+    return gram_a, torch.bmm(gs.transpose(1, 2), gs)
