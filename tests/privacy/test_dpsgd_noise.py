@@ -46,6 +46,35 @@ def test_noise_added_in_place_in_chunks_is_the_noise_drawn_on_its_own(name, monk
     assert torch.unique(noise).numel() > 99_000  # no chunk drawn twice
 
 
+def test_a_large_targets_blocks_come_from_their_own_streams_whatever_the_thread_count(
+    monkeypatch,
+):
+    """Beyond one block of pairs, block i is pair j's noise from the generator's i-th
+    child: the same noise on one thread as on two, normal, no block a copy of another."""
+    monkeypatch.setattr(gaussian_sampler, "_CHUNK_PAIRS", 300)
+    monkeypatch.setattr(gaussian_sampler, "_BLOCK_PAIRS", 1000)  # 5 blocks, the last short
+    target = torch.zeros(8_999)  # 4_500 pairs
+    threads = torch.get_num_threads()
+    try:
+        noises = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            noises.append(add_gaussian_noise_(target.clone(), 1.0, GENERATORS["pcg64"]()))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*noises)
+    noise = noises[0]
+    children = GENERATORS["pcg64"]().spawn(5)
+    for i, child in enumerate(children):  # each block is its child's pairs, drawn alone
+        pairs = range(1000 * i, min(1000 * (i + 1), 4_500))
+        alone = add_gaussian_noise_(torch.zeros(2 * len(pairs)), 1.0, child)
+        assert torch.equal(noise[pairs.start : pairs.stop], alone[: len(pairs)])
+        second = noise[4_500 + pairs.start : 4_500 + pairs.stop]  # one short at the end
+        assert torch.equal(second, alone[len(pairs) : len(pairs) + len(second)])
+    assert scipy.stats.kstest(noise.numpy(), "norm").pvalue > 1e-3
+    assert torch.unique(noise).numel() > 8_900
+
+
 def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_has_uniforms_finer_than_its():
     """torch's Box-Muller on 24-bit uniforms: no pair (values j and j + 8 of each 16) has
     radius above sqrt(-2 ln 2^-24), a tail the accountant assumes. Ours takes the radius

@@ -14,14 +14,16 @@ where v is its smallest value 2^-53 (which stands for all of (0, 2^-53]) it is r
 within that interval, again and again: the radius reaches 36 std, beyond which nothing
 is missing. From a numpy generator (PCG64 from the secret, dpmed.privacy.secret) the noise
 is added into the target a chunk at a time, in cache: 4 ns a value, faster than torch's
-own sampler (5 ns, which forms the noise tensor) and numpy's `normal` (10 ns); from a
-torch generator (CUDA) in one go on its device.
+own sampler (5 ns, which forms the noise tensor) and numpy's `normal` (10 ns), and a large
+target's blocks on torch's threads, each from its own stream; from a torch generator
+(CUDA) in one go on its device.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -35,13 +37,21 @@ def add_gaussian_noise_(target: torch.Tensor, std: float, generator: Generator) 
 
     The noise is a vector of pairs: value j and value j + pairs of the flattened target
     (pairs = half the count, rounded up) are one Box-Muller pair. On CPU the pairs are
-    drawn and added a chunk at a time, in cache: no tensor of noise is ever formed."""
+    drawn and added a chunk at a time, in cache: no tensor of noise is ever formed. Beyond
+    one block of pairs, block i is drawn from the generator's i-th child (`spawn`) on
+    torch's number of threads: the noise depends on the generator only, not on the thread
+    count (ResNet-18's 11.2M values: 30 ms on 2 threads against 43 ms on one)."""
     flat = target.detach().view(-1)
     if std == 0 or not len(flat):
         return target
     pairs = (len(flat) + 1) // 2
-    if isinstance(generator, np.random.Generator):
-        _add_numpy_pairs(generator, pairs, std, flat.numpy())
+    if isinstance(generator, np.random.Generator) and pairs <= _BLOCK_PAIRS:
+        _add_numpy_pairs(generator, range(pairs), pairs, std, flat.numpy())
+    elif isinstance(generator, np.random.Generator):
+        blocks = [range(i, min(i + _BLOCK_PAIRS, pairs)) for i in range(0, pairs, _BLOCK_PAIRS)]
+        add = lambda block, child: _add_numpy_pairs(child, block, pairs, std, flat.numpy())  # noqa: E731
+        with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
+            list(pool.map(add, blocks, generator.spawn(len(blocks))))
     else:
         flat.add_(_torch_pairs(generator, pairs, std, flat.device).view(-1)[: len(flat)])
     return target
@@ -91,15 +101,17 @@ def _box_muller(radius: Array, turns: Array, out: Array) -> None:
 
 
 _CHUNK_PAIRS = 1 << 16  # pairs drawn at a time on CPU: the 1.5 MiB of buffers stay in L2
+_BLOCK_PAIRS = 1 << 17  # pairs of one thread's block, drawn from its own stream
 
 
-def _add_numpy_pairs(generator: np.random.Generator, pairs: int, std: float, flat) -> None:
-    size = min(pairs, _CHUNK_PAIRS)  # a bias's noise: 3 us, not 30 with buffers of a chunk
+def _add_numpy_pairs(generator: np.random.Generator, block: range, pairs: int, std, flat) -> None:
+    """flat[j] and flat[pairs + j] += pair j's noise, for the pairs j of `block`."""
+    size = min(len(block), _CHUNK_PAIRS)  # a bias's noise: buffers of its size, not a chunk's
     u = np.empty(size)
     radius, turns = np.empty((2, size), dtype=np.float32)
     out = np.empty((2, size), dtype=np.float32)
-    for start in range(0, pairs, _CHUNK_PAIRS):
-        k = min(_CHUNK_PAIRS, pairs - start)
+    for start in range(block.start, block.stop, _CHUNK_PAIRS):
+        k = min(_CHUNK_PAIRS, block.stop - start)
         generator.random(out=u[:k])
         _radii(np.subtract(1, u[:k], out=u[:k]), std, generator.random, radius[:k])
         generator.random(out=turns[:k], dtype=np.float32)
