@@ -18,24 +18,29 @@ from dpmed.privacy import ghost_norms
         (nn.Conv2d(64, 64, (1, 3), padding="valid"), 6, "unfolded"),
         (nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False), 28, "formed"),
         (nn.Conv2d(32, 64, 3, padding=1, groups=2), 4, "formed"),
+        (nn.Conv2d(4, 8, (3, 2), stride=(1, 2), dilation=(2, 1), padding=(2, 0)), 9, "formed"),
+        (nn.Conv2d(4, 8, 3, padding="same"), 9, "formed"),
     ],
 )
 def test_conv_norms_are_those_of_the_per_image_gradients(monkeypatch, layer, size, path):
     """Gram-matrix norms (deep layers; on the padded grid where the stride is 1) and
     formed-gradient norms (early or grouped layers) equal the norms of Opacus's per-image
-    gradients."""
+    gradients; gradients formed are Opacus's."""
     taken = []
-    for name in ("compute_conv_grad_sample", "_shifted_grams", "_unfolded_grams"):
+    for name in ("_formed_gradients", "_shifted_grams", "_unfolded_grams"):
         function = getattr(ghost_norms, name)
         spy = lambda *args, name=name, function=function: taken.append(name) or function(*args)  # noqa: E731
         monkeypatch.setattr(ghost_norms, name, spy)
     torch.manual_seed(0)
     x = torch.randn(5, layer.in_channels, size, size)
     backprops = torch.randn_like(layer(x))
-    norms = ghost_norms.conv2d_norm_sample(layer, [x], backprops)
-    paths = {"compute_conv_grad_sample": "formed", "_shifted_grams": "shifted"}
+    norms, formed = ghost_norms.conv2d_norms_and_gradients(layer, [x], backprops)
+    paths = {"_formed_gradients": "formed", "_shifted_grams": "shifted"}
     assert [paths.get(name, "unfolded") for name in taken] == [path]
     grads = compute_conv_grad_sample(layer, [x], backprops)
     assert norms.keys() == grads.keys()
+    assert (formed is not None) == (path == "formed")
     for p, grad in grads.items():
         assert torch.allclose(norms[p], grad.flatten(1).norm(dim=1), rtol=1e-4)
+        if formed is not None:
+            assert torch.allclose(formed[p], grad, atol=1e-5)
