@@ -15,9 +15,10 @@ from dpmed.privacy import ghost_norms
         (nn.Conv2d(128, 64, 3, padding=1), 1, "unfolded"),  # one position
         (nn.Conv2d(48, 64, 3, stride=2, padding=1, bias=False), 7, "unfolded"),
         (nn.Conv2d(32, 64, 3, dilation=2, padding="same"), 5, "unfolded"),
-        (nn.Conv2d(64, 64, (1, 3), padding="valid"), 6, "unfolded"),
+        (nn.Conv2d(64, 128, (1, 3), padding="valid"), 6, "unfolded"),
         (nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False), 28, "formed"),
         (nn.Conv2d(32, 64, 3, padding=1, groups=2), 4, "formed"),
+        (nn.Conv2d(81, 16, 3, stride=2, padding=1), 7, "formed"),  # a small gradient
         (nn.Conv2d(4, 8, (3, 2), stride=(1, 2), dilation=(2, 1), padding=(2, 0)), 9, "formed"),
         (nn.Conv2d(4, 8, 3, padding="same"), 9, "formed"),
     ],
