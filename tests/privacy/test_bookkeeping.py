@@ -8,12 +8,18 @@ from dpmed.privacy.bookkeeping import BookKeeping, clipped_sums
 LAYERS = {
     "conv": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (5, 3, 9, 9)),
     "conv-grouped": (lambda: nn.Conv2d(4, 6, 3, groups=2, dilation=2), (5, 4, 9, 9)),
-    "conv-deep": (lambda: nn.Conv2d(16, 32, 3), (5, 16, 4, 4)),  # Gram-matrix norms
-    "conv-one-position": (  # a GEMM of the unfolded input, strided and not
+    # Gradients above ghost_norms.SMALL_GRADIENT, not formed:
+    "conv-deep": (lambda: nn.Conv2d(64, 32, 3), (5, 64, 4, 4)),  # Gram-matrix norms
+    "conv-one-position": (  # a GEMM of the unfolded input (strided), then of a 1-px input
         lambda: nn.Sequential(
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Conv2d(16, 4, 3, padding=1)
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.Conv2d(64, 32, 3, padding=1),
         ),
-        (5, 8, 2, 2),
+        (5, 32, 2, 2),
+    ),
+    "conv-one-position-over-padding": (
+        lambda: nn.Conv2d(4, 3, 1, stride=4, padding=1),
+        (5, 4, 1, 1),
     ),
     "linear": (lambda: nn.Linear(7, 3), (5, 7)),
     "linear-sequence": (lambda: nn.Linear(7, 3), (5, 4, 7)),

@@ -115,18 +115,8 @@ def clipped_sums(
     gc = g * factors.to(g.dtype).view(-1, *[1] * (g.dim() - 1))
     x = x.to(g.dtype)
     if isinstance(layer, nn.Conv2d) and layer.groups == 1 and math.prod(g.shape[2:]) == 1:
-        # One output position: a GEMM of the unfolded input (the backend's weight-gradient
-        # kernel took 8.5 ms against 1.7 for ResNet-18's last 512-channel convs at 28 px).
-        a = unfold2d(
-            x,
-            kernel_size=layer.kernel_size,
-            padding=layer.padding,
-            stride=layer.stride,
-            dilation=layer.dilation,
-        )
         gc = gc.reshape(len(gc), -1)
-        weight = (gc.T @ a.reshape(len(a), -1)).view(layer.weight.shape)
-        sums = {layer.weight: weight, layer.bias: gc.sum(dim=0)}
+        sums = {layer.weight: _one_position_sum(layer, x, gc), layer.bias: gc.sum(dim=0)}
     elif isinstance(layer, nn.Conv2d):
         weight = torch.nn.grad.conv2d_weight(
             x, layer.weight.shape, gc, layer.stride, layer.padding, layer.dilation, layer.groups
@@ -138,3 +128,26 @@ def clipped_sums(
     else:  # GroupNorm's per-example gradients are always formed
         raise TypeError(f"no clipped sum from the output gradient of {type(layer).__name__}")
     return {p: s for p, s in sums.items() if p is not None and p.requires_grad}
+
+
+def _one_position_sum(layer: nn.Conv2d, x: torch.Tensor, gc: torch.Tensor) -> torch.Tensor:
+    """A Conv2d's weight sum at one output position, gc (n, O) the scaled output gradients:
+    a GEMM of the unfolded input; of a 1-pixel input, a GEMM for the one tap over it, the
+    others (over padding) zero. ResNet-18's 512-channel convs at 1 px: 0.8 ms, against 3.6
+    by the unfolded input and 10.9 by the backend's weight-gradient kernel. (Where a few
+    taps cover the input, writing them into the weight's layout cost more than the GEMM
+    of the whole unfolded input: 2.7 against 1.7 ms for ResNet-18's 256 -> 512 at 2 px.)"""
+    (kh, kw), padding = layer.kernel_size, layer.padding
+    if x.shape[2:] == (1, 1) and layer.dilation == (1, 1) and not isinstance(padding, str):
+        weight = gc.new_zeros(layer.weight.shape)
+        if padding[0] < kh and padding[1] < kw:  # else no tap covers the pixel
+            weight[:, :, padding[0], padding[1]] = gc.T @ x.reshape(len(x), -1)
+        return weight
+    a = unfold2d(
+        x,
+        kernel_size=layer.kernel_size,
+        padding=padding,
+        stride=layer.stride,
+        dilation=layer.dilation,
+    )
+    return (gc.T @ a.reshape(len(a), -1)).view(layer.weight.shape)
