@@ -21,11 +21,10 @@ import torch
 from opacus.grad_sample.group_norm import compute_group_norm_grad_sample
 from opacus.grad_sample.linear import compute_linear_norm_sample
 from opacus.utils.module_utils import trainable_modules
-from opacus.utils.tensor_utils import unfold2d
 from torch import nn
 
 from dpmed.errors import ConfigError
-from dpmed.privacy.ghost_norms import Norms, conv2d_norms_and_gradients, norms_of
+from dpmed.privacy.ghost_norms import Norms, conv2d_norms_and_gradients, norms_of, unfolded
 
 
 def _gradients_and_their_norms(layer, activations, backprops) -> tuple[Norms, Norms]:
@@ -143,11 +142,5 @@ def _one_position_sum(layer: nn.Conv2d, x: torch.Tensor, gc: torch.Tensor) -> to
         if padding[0] < kh and padding[1] < kw:  # else no tap covers the pixel
             weight[:, :, padding[0], padding[1]] = gc.T @ x.reshape(len(x), -1)
         return weight
-    a = unfold2d(
-        x,
-        kernel_size=layer.kernel_size,
-        padding=padding,
-        stride=layer.stride,
-        dilation=layer.dilation,
-    )
+    a = unfolded(layer, x)
     return (gc.T @ a.reshape(len(a), -1)).view(layer.weight.shape)

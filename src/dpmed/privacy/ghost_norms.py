@@ -93,15 +93,20 @@ def _formed_gradients(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> Nor
     return grads
 
 
-def _unfolded_grams(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
-    """A^T A and G^T G, (n, T, T) each, from the unfolded input A."""
-    a = unfold2d(
+def unfolded(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The layer's unfolded input A, (n, D, T)."""
+    return unfold2d(
         x,
         kernel_size=layer.kernel_size,
         padding=layer.padding,
         stride=layer.stride,
         dilation=layer.dilation,
-    )  # (n, D, T)
+    )
+
+
+def _unfolded_grams(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor):
+    """A^T A and G^T G, (n, T, T) each, from the unfolded input A."""
+    a = unfolded(layer, x)
     g = g.flatten(2)  # (n, O, T)
     return torch.einsum("ndt,nds->nts", a, a), torch.einsum("not,nos->nts", g, g)
 
