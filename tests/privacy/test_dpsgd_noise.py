@@ -75,6 +75,24 @@ def test_a_large_targets_blocks_come_from_their_own_streams_whatever_the_thread_
     assert torch.unique(noise).numel() > 8_900
 
 
+@pytest.mark.parametrize("name", GENERATORS)
+def test_several_tensors_get_the_noise_of_one_holding_their_values_in_turn(name, monkeypatch):
+    """One draw over a model's parameters, whatever their sizes: the pairs and blocks
+    span the tensors (4 blocks here, the small tensors inside them and across a border)."""
+    monkeypatch.setattr(gaussian_sampler, "_CHUNK_PAIRS", 300)
+    monkeypatch.setattr(gaussian_sampler, "_BLOCK_PAIRS", 1000)
+    shapes = [(3,), (40, 50), (1,), (7, 11, 13), (2,)]
+    tensors = [torch.full(shape, float(i)) for i, shape in enumerate(shapes)]
+    joined = torch.cat([t.flatten() for t in tensors])
+    added = add_gaussian_noise_(tensors, 2.0, GENERATORS[name]())
+    assert added is tensors and [t.shape for t in tensors] == [torch.Size(s) for s in shapes]
+    alone = add_gaussian_noise_(joined.clone(), 2.0, GENERATORS[name]())
+    assert torch.equal(torch.cat([t.flatten() for t in tensors]), alone)
+    noise = (alone - joined).numpy()
+    assert scipy.stats.kstest(noise / 2.0, "norm").pvalue > 1e-3
+    assert np.unique(noise).size > 2_900  # no block drawn twice (3_007 values)
+
+
 def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_has_uniforms_finer_than_its():
     """torch's Box-Muller on 24-bit uniforms: no pair (values j and j + 8 of each 16) has
     radius above sqrt(-2 ln 2^-24), a tail the accountant assumes. Ours takes the radius

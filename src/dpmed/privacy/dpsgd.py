@@ -57,7 +57,7 @@ from dpmed.privacy.dpsgd_accounting import (
     calibrate_noise,
     composed_epsilon,
 )
-from dpmed.privacy.dpsgd_noise import NoisedClippedSum, noise_generator
+from dpmed.privacy.dpsgd_noise import NoisedClippedSum, NoisedSum, noise_generator
 from dpmed.privacy.guarantee import PrivacyGuarantee
 
 # Opacus's hooks fire on module outputs when the input needs no gradient: expected here.
@@ -174,7 +174,7 @@ class DPSGD:
         elif self.ghost:
             dp_optimizer = NoisedClippedSum(optimizer, **settings)
         else:
-            dp_optimizer = DPOptimizer(optimizer, **settings)
+            dp_optimizer = NoisedSum(optimizer, **settings)
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(self.sample_rate))
         self.module, self.optimizer = private, dp_optimizer
         if self.ghost:

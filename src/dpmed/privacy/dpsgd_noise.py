@@ -2,10 +2,10 @@
 the secret generator), never by torch's CPU sampler, which stops at 5.77 std.
 
 On CPU the uniforms come from numpy's PCG64, seeded with 256 secret bits
-(dpmed.privacy.secret); on CUDA from torch's generator on the device. (Two threads drawing
-half each were no faster inside a training step: torch's own threads still hold the
-cores.) Opacus's optimizers (and dpmed's adaptive variants) draw every noise vector
-through `_generate_noise`; importing this module makes it `gaussian_noise`.
+(dpmed.privacy.secret); on CUDA from torch's generator on the device. Opacus's optimizers
+draw each parameter's noise through `_generate_noise`; importing this module makes it
+`gaussian_noise` (dpmed's adaptive variants call it too). The flat-clipping optimizers
+(`NoisedSum`, `NoisedClippedSum`) draw all parameters' noise in one call (`OneDraw`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,27 @@ def gaussian_noise(
     return add_gaussian_noise_(torch.zeros_like(reference), std, generator)
 
 
-class NoisedClippedSum(optimizer_fast_gradient_clipping.DPOptimizerFastGradientClipping):
-    """Ghost clipping's and book-keeping's optimizer: p.grad holds the clipped sum, and
-    its noise is added in place (Opacus adds a tensor of noise into a new tensor)."""
+class OneDraw:
+    """Opacus's add_noise, as one draw over every parameter's sum, added in place (Opacus
+    draws a tensor of noise per parameter and adds it into a new tensor): a model's biases
+    and small layers take no call of their own and share the large layers' threads."""
+
+    def add_noise(self) -> None:
+        sums = [p.summed_grad for p in self.params]
+        for summed in sums:
+            optimizer._check_processed_flag(summed)
+        add_gaussian_noise_(sums, self.noise_multiplier * self.max_grad_norm, self.generator)
+        for p, summed in zip(self.params, sums, strict=True):
+            p.grad = summed.view_as(p)
+            optimizer._mark_as_processed(summed)
+
+
+class NoisedSum(OneDraw, optimizer.DPOptimizer):
+    """The per-image-gradient modes' optimizer (hooks, functorch, ew)."""
+
+
+class NoisedClippedSum(OneDraw, optimizer_fast_gradient_clipping.DPOptimizerFastGradientClipping):
+    """Ghost clipping's and book-keeping's optimizer: p.grad holds the clipped sum."""
 
     def accumulate(self) -> None:
         """p.summed_grad is p.grad's own tensor, not a copy (Opacus deep-copies it: 11.2M
@@ -49,13 +67,6 @@ class NoisedClippedSum(optimizer_fast_gradient_clipping.DPOptimizerFastGradientC
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none=True)  # zeroing p.grad would zero p.summed_grad
-
-    def add_noise(self) -> None:
-        std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
-            optimizer._check_processed_flag(p.summed_grad)
-            p.grad = add_gaussian_noise_(p.summed_grad, std, self.generator).view_as(p)
-            optimizer._mark_as_processed(p.summed_grad)
 
 
 for _module in (optimizer, optimizer_fast_gradient_clipping, adaclipoptimizer):
