@@ -272,6 +272,24 @@ def test_ghost_and_bookkeeping_step_resnet18_gn_as_per_image_gradients(mode):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_bookkeeping_stops_at_the_first_layers_output_unless_it_is_changed_in_place():
+    """bk's one backward pass needs the first conv's output gradient, not its weight's: it
+    stops at that output, and no weight gradient is formed (the weight's hook never fires).
+    An in-place ReLU changes the output, so the pass stops at the weight instead; the
+    two take the same step."""
+    x, targets = torch.randn(6, 1, 5, 5), torch.tensor([0, 1, 1, 0, 1, 0])
+    stepped, formed = [], []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(1, 3, 3)
+        model = nn.Sequential(conv, nn.ReLU(inplace=inplace), nn.Flatten(), nn.Linear(27, 2))
+        conv.weight.register_hook(lambda grad, inplace=inplace: formed.append(inplace))
+        _noiseless_step(model, "bk", x, targets, clip=0.5)
+        stepped.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert formed == [True]
+    assert torch.allclose(*stepped, atol=1e-6)
+
+
 class _UnusedLayer(nn.Module):
     def __init__(self):
         super().__init__()

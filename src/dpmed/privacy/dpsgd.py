@@ -19,8 +19,8 @@ activations and output gradients, a second one the gradient of the loss with eac
 example's term scaled by its clip factor. Same clipped sum, same guarantee; per-example
 gradients are never all held at once, and for Linear and most Conv2d layers never formed
 (dpmed.privacy.ghost_norms). Unlike Opacus's DPTensorFastGradientClipping, the first pass
-stops at the first trained layers' parameters: it forms no other weight gradient, which it
-would discard, nor the model input's gradient.
+stops at the first trained layers (at a parameter; bk at their outputs): it forms no other
+weight gradient, which it would discard, nor the model input's gradient.
 Book-keeping (`bk`, Bu et al. 2023) keeps each layer's input and output gradient from that
 first pass and forms the clipped sum from them (dpmed.privacy.bookkeeping): no second pass.
 """
@@ -119,7 +119,7 @@ class DPSGD:
     identity: dict = field(default_factory=dict, repr=False)
     optimizer: DPOptimizer | None = field(default=None, init=False, repr=False)
     module: nn.Module | None = field(default=None, init=False, repr=False)
-    _stops: list[nn.Parameter] = field(default_factory=list, init=False, repr=False)
+    _stops: list[tuple] = field(default_factory=list, init=False, repr=False)
     _bookkeeping: BookKeeping | None = field(default=None, init=False, repr=False)
     _sampler: torch.Generator | None = field(default=None, init=False, repr=False)
 
@@ -179,18 +179,26 @@ class DPSGD:
         self.module, self.optimizer = private, dp_optimizer
         if self.ghost:
             for _, layer in trainable_modules(model):
-                layer.register_forward_pre_hook(self._stop_at)
+                layer.register_forward_hook(self._stop_at)
         return private, dp_optimizer
 
-    def _stop_at(self, layer: nn.Module, args: tuple) -> None:
-        """Ghost, training: the first backward pass stops at one parameter of each trained
-        layer whose input needs no gradient (the model's input, or a fixed stage's output),
-        so that no input gradient is formed there (a small CNN's first conv: 3.8 ms of a
-        60 ms step for the image's gradient, against 0.3 ms for the weight's)."""
+    def _stop_at(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        """Ghost, training: the first backward pass stops at each trained layer whose input
+        needs no gradient (the model's input, or a fixed stage's output), so that no input
+        gradient is formed there (a small CNN's first conv: 3.8 ms of a 60 ms step for the
+        image's gradient, against 0.3 ms for the weight's). Ghost stops at one of its
+        parameters; bk, which needs only the layer's output gradient, at its output (no
+        weight gradient either: ScatterNet's CNN head, 0.24 ms of a 6 ms step), unless
+        that output is changed in place later (then its gradient is not the layer's)."""
         x = args[0] if args else None
         training = layer.training and torch.is_grad_enabled()
         if training and isinstance(x, torch.Tensor) and not x.requires_grad:
-            self._stops.append(next(p for p in layer.parameters() if p.requires_grad))
+            parameter = next(p for p in layer.parameters() if p.requires_grad)
+            self._stops.append((parameter, output if self.bookkeeping else None, output._version))
+
+    def _stop_tensors(self) -> list[torch.Tensor]:
+        stops, self._stops = self._stops, []
+        return [p if out is None or out._version != version else out for p, out, version in stops]
 
     def backward(self, losses: torch.Tensor) -> None:
         """Backpropagate one chunk's per-example losses (as their mean). Ghost: a first
@@ -201,7 +209,7 @@ class DPSGD:
         if not self.ghost:
             losses.mean().backward()
             return
-        stops, self._stops = self._stops, []
+        stops = self._stop_tensors()
         if self.bookkeeping:
             torch.autograd.grad(losses.sum(), stops, allow_unused=True)
             for p, clipped in self._bookkeeping.clipped_sums().items():
