@@ -48,7 +48,7 @@ FASTEST_MODES_MEASURED_BY_DPSGD_SPEED = {
     "small-cnn": ("bk", "ew"),
     "resnet18-gn": ("bk", "hooks"),
     "scatternet": ("bk", "ew"),
-    "scatternet-cnn": ("bk", "ew"),
+    "scatternet-cnn": ("bk", "hooks"),
 }
 CLIPPINGS = ("flat", "adaptive")  # DP-SGD's clip bound: fixed, or toward a quantile
 NOISE_ALLOCATIONS = ("equal", "entropy")  # DP-SGD's per-layer noise shares

@@ -71,7 +71,9 @@ def add_gaussian_noise_(
     else:
         noise = _torch_pairs(generator, pairs, std, flats[0].device).view(-1)[:count]
         for flat, part in zip(flats, noise.split([len(flat) for flat in flats]), strict=True):
-            flat.add_(part).mul_(scale)
+            flat.add_(part)
+            if scale != 1:
+                flat.mul_(scale)
     return target
 
 
