@@ -1,9 +1,10 @@
 import pytest
 import torch
+from opacus.grad_sample.group_norm import compute_group_norm_grad_sample
 from torch import nn
 
 from dpmed.errors import ConfigError
-from dpmed.privacy.bookkeeping import BookKeeping, clipped_sums
+from dpmed.privacy.bookkeeping import NORMS_AND_GRADIENTS, BookKeeping, clipped_sums
 
 LAYERS = {
     "conv": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (5, 3, 9, 9)),
@@ -66,6 +67,22 @@ def test_clipped_sums_are_the_sums_of_clipped_per_example_gradients(name):
     for j, p in enumerate(params):
         expected = sum(c * grads[j] for c, grads in zip(factors, per_example, strict=True))
         assert torch.allclose(sums[p], expected, atol=1e-5), name
+
+
+@pytest.mark.parametrize("size", [(5, 5), (2, 2), (1, 1)])
+def test_group_norm_gradients_are_opacuss_per_example_gradients(size):
+    """The batch as one example of n C channels in n G groups gives each example's own
+    gradients (a frozen bias gets none)."""
+    torch.manual_seed(0)
+    layer = nn.GroupNorm(3, 6)
+    nn.init.normal_(layer.weight)
+    layer.bias.requires_grad_(False)
+    x, g = torch.randn(4, 6, *size) * 3 + 1, torch.randn(4, 6, *size)
+    norms, grads = NORMS_AND_GRADIENTS[nn.GroupNorm](layer, [x], g)
+    expected = compute_group_norm_grad_sample(layer, [x], g)
+    assert grads.keys() == norms.keys() == {layer.weight}
+    assert torch.allclose(grads[layer.weight], expected[layer.weight], atol=1e-5)
+    assert torch.allclose(norms[layer.weight], expected[layer.weight].norm(dim=1), atol=1e-5)
 
 
 def test_a_layer_whose_output_misses_the_loss_is_refused():

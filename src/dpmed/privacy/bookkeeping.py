@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-from opacus.grad_sample.group_norm import compute_group_norm_grad_sample
 from opacus.grad_sample.linear import compute_linear_norm_sample
 from opacus.utils.module_utils import trainable_modules
 from torch import nn
@@ -27,8 +26,25 @@ from dpmed.errors import ConfigError
 from dpmed.privacy.ghost_norms import Norms, conv2d_norms_and_gradients, norms_of, unfolded
 
 
-def _gradients_and_their_norms(layer, activations, backprops) -> tuple[Norms, Norms]:
-    grads = compute_group_norm_grad_sample(layer, activations, backprops)
+def _group_norm_gradients(layer, activations, backprops) -> tuple[Norms, Norms]:
+    """A GroupNorm's per-example gradients and their norms: the batch taken as one example
+    of n C channels in n G groups, whose per-channel weight gradients are the examples'
+    own, from the backend's group statistics and its fused backward reduction (Opacus's
+    normalises the input and multiplies in separate passes). One process, whole epochs
+    alternating: small-cnn bk 1.43-1.46x against 1.51-1.63x; resnet18-gn the same (its
+    2 x 2 px layers, where torch's kernel is slow, take back what the others gain)."""
+    x = activations[0].to(backprops.dtype)
+    n, positions = len(x), x[0, 0].numel()
+    channels, groups = n * x.shape[1], n * layer.num_groups
+    x, g = x.reshape(1, channels, positions), backprops.reshape(1, channels, positions)
+    _, mean, rstd = torch.native_group_norm(
+        x, None, None, 1, channels, positions, groups, layer.eps
+    )
+    _, weight, bias = torch.ops.aten.native_group_norm_backward(
+        g, x, mean, rstd, None, 1, channels, positions, groups, [False, True, True]
+    )
+    grads = {layer.weight: weight.view(n, -1), layer.bias: bias.view(n, -1)}
+    grads = {p: grad for p, grad in grads.items() if p is not None and p.requires_grad}
     return norms_of(grads), grads
 
 
@@ -45,7 +61,7 @@ def _linear_norms(layer, activations, backprops) -> tuple[Norms, None]:
 NORMS_AND_GRADIENTS = {
     nn.Conv2d: conv2d_norms_and_gradients,
     nn.Linear: _linear_norms,
-    nn.GroupNorm: _gradients_and_their_norms,
+    nn.GroupNorm: _group_norm_gradients,
 }
 
 
