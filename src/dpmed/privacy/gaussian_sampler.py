@@ -55,8 +55,9 @@ def add_gaussian_noise_(
     flats = [t.detach().view(-1) for t in tensors]
     count = sum(len(flat) for flat in flats)
     if std == 0 or not count:
-        for flat in flats if scale != 1 else ():
-            flat.mul_(scale)
+        if scale != 1:
+            for flat in flats:
+                flat.mul_(scale)
         return target
     pairs = (count + 1) // 2
     if isinstance(generator, np.random.Generator):
