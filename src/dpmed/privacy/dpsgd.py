@@ -200,15 +200,12 @@ class DPSGD:
         stops, self._stops = self._stops, []
         return [p if out is None or out._version != version else out for p, out, version in stops]
 
-    def backward(self, losses: torch.Tensor, images: int | None = None) -> None:
-        """Backpropagate one chunk's per-example losses (as their mean), those after the
-        first `images` (padding) times 0: their gradients are exactly 0. Ghost: a first
+    def backward(self, losses: torch.Tensor) -> None:
+        """Backpropagate one chunk's per-example losses (as their mean). Ghost: a first
         pass, hooks on, down to the first trained layers gives each example's norm (no
         weight gradients); a second, hooks off, backpropagates sum_i c_i loss_i with c_i
         its clip factor. Book-keeping: the first pass (of sum_i loss_i) alone, its clipped
         sums formed from what its hooks kept."""
-        if images is not None and images < len(losses):
-            losses = losses * (torch.arange(len(losses), device=losses.device) < images)
         if not self.ghost:
             losses.mean().backward()
             return
@@ -240,22 +237,17 @@ class DPSGD:
             else:
                 p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
 
-    def batches(self, n_train: int) -> Iterator[list[tuple[torch.Tensor, int]]]:
+    def batches(self, n_train: int) -> Iterator[list[torch.Tensor]]:
         """One epoch: 1/q logical batches, each every image independently with prob q,
         cut into physical chunks (an empty batch is an empty list: a noise-only step).
-        The sampling is secret, like the noise: the accountant assumes nobody knows it.
-        Each chunk is (indices, images): flat clipping pads the last chunk with copies of
-        its first image up to a multiple of `padding_step`, and `backward` gives the rows
-        after its first `images` no weight (see `padding_step`)."""
+        The sampling is secret, like the noise: the accountant assumes nobody knows it."""
         if self._sampler is None:
             self._sampler = secret.torch_generator(self.identity | {"draw": "poisson batches"})
-        flat = self.clipping == "flat" and not self.noise_allocation
-        step = padding_step(self.sample_rate * n_train) if flat else 1
         for _ in range(math.ceil(1 / self.sample_rate)):
             draws = torch.rand(n_train, dtype=torch.float64, generator=self._sampler)
             chosen = draws < self.sample_rate  # 53-bit uniforms: the accounted rate, to 1e-16
-            chunks = list(chosen.nonzero().flatten().split(self.physical_batch_size))
-            yield [_padded(chunk, step, self.physical_batch_size) for chunk in chunks if len(chunk)]
+            indices = chosen.nonzero().flatten()
+            yield list(indices.split(self.physical_batch_size)) if len(indices) else []
 
     @property
     def steps(self) -> int:
@@ -269,23 +261,6 @@ class DPSGD:
         """The optimizer of an adaptive variant once wrapped; None for flat DP-SGD."""
         adaptive = isinstance(self.optimizer, AdaptiveClipping | NoiseAllocation)
         return self.optimizer if adaptive else None
-
-
-def padding_step(expected_batch: float) -> int:
-    """The multiple a Poisson chunk is padded to: a power of two near 1/16 of the expected
-    batch (1 below 32 images), so that about 3% more rows are computed on average, but
-    the chunks take a few sizes instead of dozens. The CPU backend (oneDNN) builds its
-    kernels per shape, and a size it has not seen yet cost scatternet-cnn's bk step 2.4-3.2
-    ms more, of 5 ms (its cache keeps 1024 kernels: ResNet-18 at dozens of sizes overflows
-    it). The padded rows are copies of a real image whose losses count 0 times: their
-    gradients are exactly 0, so the clipped sum, the noise and the guarantee are unchanged.
-    Flat clipping only: the adaptive variants count the examples."""
-    return 2 ** max(0, math.floor(math.log2(max(expected_batch, 1) / 16)))
-
-
-def _padded(chunk: torch.Tensor, step: int, most: int) -> tuple[torch.Tensor, int]:
-    size = min(most, -(-len(chunk) // step) * step)
-    return torch.cat([chunk, chunk[:1].expand(size - len(chunk))]), len(chunk)
 
 
 ASSUMPTIONS = (

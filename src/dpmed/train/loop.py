@@ -116,12 +116,12 @@ def fit(
                 batches = dp.batches(len(labels))
             else:
                 order = torch.randperm(len(labels), generator=generator)
-                batches = ([(batch, len(batch))] for batch in order.split(settings.batch_size))
+                batches = ([batch] for batch in order.split(settings.batch_size))
             for chunks in batches:
                 optimizer.zero_grad(set_to_none=True)
                 if not chunks:  # an empty Poisson batch still takes its noisy step
                     dp.empty_batch()
-                for i, (chunk, real) in enumerate(chunks):
+                for i, chunk in enumerate(chunks):
                     x, y = _to_input(images[chunk.numpy()], device), targets[chunk].to(device)
                     if copies > 1:
                         x, y = x.repeat_interleave(copies, 0), y.repeat_interleave(copies)
@@ -131,7 +131,7 @@ def fit(
                         logits = trained(x)
                     losses = _losses(logits.float(), y, class_weights)
                     if dp:
-                        dp.backward(losses, real * copies)  # padding rows weigh 0
+                        dp.backward(losses)
                         if copies > 1:
                             _average_copies(trained, copies)
                     else:
