@@ -46,7 +46,8 @@ class OneDraw:
         mean = self.loss_reduction == "mean"
         scale = 1 / (self.expected_batch_size * self.accumulated_iterations) if mean else 1.0
         std = self.noise_multiplier * self.max_grad_norm
-        add_gaussian_noise_(sums, std, self.generator, scale=scale)
+        with torch.profiler.record_function("dpmed::gaussian_noise"):  # numpy's: no torch op
+            add_gaussian_noise_(sums, std, self.generator, scale=scale)
         for p, summed in zip(self.params, sums, strict=True):
             p.grad = summed.view_as(p)
             optimizer._mark_as_processed(summed)
